@@ -15,3 +15,7 @@ class UnsafePickleError(DataError):
 
 class TrainingDivergedError(DiffrecError):
     """The loss became NaN or infinite."""
+
+
+class ConfigError(DiffrecError, ValueError):
+    """An invalid combination of options (e.g. a schedule whose betas leave (0, 1] for this T)."""

@@ -17,6 +17,7 @@ unknown name raises :class:`UnknownPartError` listing the valid choices.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -103,6 +104,19 @@ class Registry(Generic[T]):
         if self.base is not None and not isinstance(spec, self.base):
             raise DiffrecError(f"expected a {self.kind} name or a {self.base.__name__} instance, got {type(spec).__name__}")
         return spec
+
+    def build_from(self, spec: str | T, /, **available: Any) -> T:
+        """Build from a name, passing only the keyword arguments the factory accepts."""
+        if not isinstance(spec, str):
+            return self.build(spec)
+        factory = self.get(spec)
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            return factory(**available)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return factory(**available)
+        return factory(**{k: v for k, v in available.items() if k in params})
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

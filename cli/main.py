@@ -1,0 +1,408 @@
+"""The ``diffrec`` command line: train, evaluate, recommend, list parts, inspect data, benchmark kernels.
+
+Every user error (unknown part, bad data, missing file, diverging loss, an
+existing output directory) ends with one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from diffrec.errors import DiffrecError
+from diffrec.registry import KINDS, load_builtin_parts, load_plugin, registry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="diffrec",
+    help="Diffusion models for sequential recommendation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+bench_app = typer.Typer(help="Microbenchmarks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn user-facing errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DiffrecError as exc:
+            raise fail(str(exc)) from None
+        except FileNotFoundError as exc:
+            raise fail(f"file not found: {exc.filename or exc}") from None
+        except FloatingPointError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def choices(kind: str) -> str:
+    load_builtin_parts()
+    return "Choices: " + ", ".join(registry(kind).names()) + " (plus parts registered by --plugin)."
+
+
+# --------------------------------------------------------------------------- train
+
+#: CLI option -> (config section, field)
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "model": ("model", "model"),
+    "approximator": ("model", "approximator"),
+    "schedule": ("model", "schedule"),
+    "loss": ("model", "loss"),
+    "rounding": ("model", "rounding"),
+    "timestep_sampler": ("model", "timestep_sampler"),
+    "reverse_sampler": ("model", "reverse_sampler"),
+    "steps": ("model", "diffusion_steps"),
+    "delta": ("model", "delta"),
+    "max_len": ("model", "max_len"),
+    "hidden_size": ("model", "hidden_size"),
+    "num_blocks": ("model", "num_blocks"),
+    "num_heads": ("model", "num_heads"),
+    "dropout": ("model", "dropout"),
+    "emb_dropout": ("model", "emb_dropout"),
+    "attention_mask": ("model", "attention_mask"),
+    "position_embedding": ("model", "position_embedding"),
+    "x0_from_embedding": ("model", "x0_from_embedding"),
+    "emb_init_std": ("model", "emb_init_std"),
+    "ce_over_padding": ("model", "ce_over_padding"),
+    "kernel_backend": ("model", "kernel_backend"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"),
+    "lr_step": ("train", "lr_step"),
+    "lr_gamma": ("train", "lr_gamma"),
+    "warmup_steps": ("train", "warmup_steps"),
+    "grad_clip": ("train", "grad_clip"),
+    "eval_every": ("train", "eval_every"),
+    "patience": ("train", "patience"),
+    "seed": ("train", "seed"),
+    "bucketing": ("train", "bucketing"),
+    "device": ("train", "device"),
+    "threads": ("train", "num_threads"),
+    "eval_protocol": ("eval", "protocol"),
+    "eval_batch_size": ("eval", "batch_size"),
+    "eval_seed": ("eval", "seed"),
+    "exclude_history": ("eval", "exclude_history"),
+    "data": ("data", "path"),
+}
+
+
+def build_config(config_file: Optional[pathlib.Path], plugins: list[str], overrides: dict[str, Any]):
+    from diffrec.config import RunConfig
+
+    config = RunConfig.load(config_file) if config_file is not None else RunConfig()
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        section, field = OVERRIDES[name]
+        setattr(getattr(config, section), field, value)
+    for plugin in plugins:
+        if plugin not in config.plugins:
+            config.plugins.append(plugin)
+    load_builtin_parts()
+    for plugin in config.plugins:
+        load_plugin(plugin)
+    for kind in KINDS:
+        registry(kind).get(getattr(config.model, kind))  # unknown names fail before anything is written
+    return config.validate()
+
+
+def print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
+    splits = list(metrics)
+    keys = list(next(iter(metrics.values())))
+    table = Table(title=title)
+    table.add_column("metric (%)")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for key in keys:
+        table.add_row(key, *(f"{metrics[s][key]:.4f}" for s in splits))
+    console.print(table)
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Optional[str] = typer.Option(None, help="Dataset file or folder (sequences.txt, dataset.pkl, .csv/.tsv, .inter), or 'synthetic' (default)."),
+    out: pathlib.Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    config: Optional[pathlib.Path] = typer.Option(None, "--config", help="Replay a config.toml (options given here override it)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    plugin: list[str] = typer.Option([], "--plugin", help="Module or .py file that registers extra parts (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    model: Optional[str] = typer.Option(None, help=choices("model")),
+    approximator: Optional[str] = typer.Option(None, help=choices("approximator")),
+    schedule: Optional[str] = typer.Option(None, help=choices("schedule")),
+    loss: Optional[str] = typer.Option(None, help=choices("loss")),
+    rounding: Optional[str] = typer.Option(None, help=choices("rounding")),
+    timestep_sampler: Optional[str] = typer.Option(None, help=choices("timestep_sampler")),
+    reverse_sampler: Optional[str] = typer.Option(None, help=choices("reverse_sampler")),
+    steps: Optional[int] = typer.Option(None, help="Diffusion steps T (32)."),
+    delta: Optional[float] = typer.Option(None, help="lambda ~ N(delta, delta) (0.001)."),
+    max_len: Optional[int] = typer.Option(None, help="History length L (50; 200 for ML-1M)."),
+    hidden_size: Optional[int] = typer.Option(None, help="Embedding size d (128)."),
+    num_blocks: Optional[int] = typer.Option(None, help="Approximator blocks (4)."),
+    num_heads: Optional[int] = typer.Option(None, help="Attention heads (4)."),
+    dropout: Optional[float] = typer.Option(None, help="Approximator dropout (0.1)."),
+    emb_dropout: Optional[float] = typer.Option(None, help="History-embedding dropout (0.3)."),
+    attention_mask: Optional[str] = typer.Option(None, help="official (public code), key_padding or causal."),
+    position_embedding: Optional[bool] = typer.Option(None, "--position-embedding/--no-position-embedding", help="Add position embeddings (off in the public code)."),
+    x0_from_embedding: Optional[bool] = typer.Option(None, "--x0-from-embedding/--no-x0-from-embedding", help="The paper's extra q(x0|e) step (off in the public code)."),
+    emb_init_std: Optional[float] = typer.Option(None, help="Item-embedding init std (1.0 as in the public code)."),
+    ce_over_padding: Optional[bool] = typer.Option(None, "--ce-over-padding/--no-ce-over-padding", help="Include the padding id in the CE softmax (public code: yes)."),
+    kernel_backend: Optional[str] = typer.Option(None, help="Kernels: torch, triton or auto."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (500)."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (512)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (1e-3)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (0)."),
+    lr_step: Optional[int] = typer.Option(None, help="StepLR step in epochs (100)."),
+    lr_gamma: Optional[float] = typer.Option(None, help="StepLR factor (0.1)."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps (0)."),
+    grad_clip: Optional[float] = typer.Option(None, help="Gradient-norm clip (0 = off)."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs (20)."),
+    patience: Optional[int] = typer.Option(None, help="Stop after N validations without improvement (5)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (1997)."),
+    bucketing: Optional[bool] = typer.Option(None, "--bucketing/--no-bucketing", help="Length buckets with trimmed padding (on)."),
+    device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
+    eval_protocol: Optional[str] = typer.Option(None, help="correct (default) or official (public code)."),
+    eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (512)."),
+    eval_seed: Optional[int] = typer.Option(None, help="Seed of the reverse process at evaluation (0)."),
+    exclude_history: Optional[bool] = typer.Option(None, "--exclude-history/--include-history", help="Drop seen items from rankings (not the paper's protocol)."),
+) -> None:
+    """Train a model and test its best-validation checkpoint."""
+    from diffrec.data import open_dataset
+    from diffrec.trainer import Trainer
+
+    params = {k: v for k, v in locals().items() if k in OVERRIDES}
+    if resume and config is None and (out / "config.toml").is_file():
+        config = out / "config.toml"
+    cfg = build_config(config, plugin, params)
+    dataset = open_dataset(cfg.data)
+    stats = dataset.stats()
+    console.print(
+        f"[bold]{dataset.name}[/]: {stats['users']:,} users, {stats['items']:,} items, "
+        f"{stats['train_examples']:,} training examples; model {cfg.model.model} "
+        f"({cfg.model.approximator}, {cfg.model.schedule}, T={cfg.model.diffusion_steps}, {cfg.model.loss}, {cfg.model.rounding})",
+        highlight=False,
+    )
+
+    def report(record: dict[str, Any]) -> None:
+        line = f"epoch {record['epoch']:>4}  loss {record['loss']:.4f}  {record['seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s"
+        if "valid" in record:
+            v = record["valid"]
+            line += f"  valid HR@10 {v['HR@10']:.2f}  NDCG@10 {v['NDCG@10']:.2f}" if "HR@10" in v else ""
+        console.print(line, highlight=False)
+
+    trainer = Trainer(cfg, dataset, out, data_path=cfg.data.path, show_progress=not quiet and console.is_terminal, on_epoch=report)
+    final = trainer.fit(resume=resume, force=force)
+    print_metrics(f"{dataset.name}: best epoch {final['best_epoch']} ({final['protocol']} protocol)", {"valid": final["valid"], "test": final["test"]})
+    console.print(f"run written to {out}", highlight=False)
+
+
+# --------------------------------------------------------------------------- evaluate / recommend
+
+
+def _load_checkpoint(checkpoint: pathlib.Path, device: str):
+    from diffrec.trainer import load_run_model, select_device
+
+    dev = select_device(device)
+    cfg, model, record = load_run_model(checkpoint, dev)
+    return cfg, model, record, dev
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),
+    data: Optional[str] = typer.Option(None, help="Dataset (defaults to the run's own)."),
+    split: str = typer.Option("test", help="test or valid."),
+    eval_protocol: Optional[str] = typer.Option(None, help="correct or official (defaults to the run's)."),
+    eval_seed: Optional[int] = typer.Option(None, help="Seed of the reverse process (defaults to the run's)."),
+    save_topk: Optional[pathlib.Path] = typer.Option(None, help="Write each user's top-K list to this TSV file."),
+    k: int = typer.Option(20, "-k", help="List length for --save-topk."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --save-topk if it exists."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    output_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists."""
+    from diffrec.checkpoint import data_fingerprint
+    from diffrec.config import DataConfig
+    from diffrec.data import open_dataset
+    from diffrec.evaluation import evaluate as run_eval
+
+    if split not in ("test", "valid"):
+        raise DiffrecError(f"unknown split {split!r}; valid choices: test, valid")
+    if save_topk is not None and save_topk.exists() and not force:
+        raise DiffrecError(f"{save_topk} exists (use --force to overwrite)")
+    if k < 1:
+        raise DiffrecError("-k must be >= 1")
+    cfg, model, record, dev = _load_checkpoint(checkpoint, device)
+    data_cfg = DataConfig(**{**cfg.data.__dict__, "path": data}) if data else cfg.data
+    dataset = open_dataset(data_cfg)
+    if dataset.num_items != record["num_items"]:
+        raise DiffrecError(f"the data has {dataset.num_items} items but the model was trained on {record['num_items']}")
+    if data and data_fingerprint(dataset) != record.get("fingerprint"):
+        err_console.print("warning: the data differs from the run's training data", highlight=False)
+    if eval_protocol is not None:
+        cfg.eval.protocol = eval_protocol
+    if eval_seed is not None:
+        cfg.eval.seed = eval_seed
+    if save_topk is not None and k > dataset.num_items:
+        raise DiffrecError(f"-k {k} exceeds the {dataset.num_items} items")
+    result = run_eval(model, dataset, split, cfg.eval, max_len=cfg.model.max_len, device=dev, save_topk=k if save_topk else 0, show_progress=console.is_terminal)
+    if save_topk is not None:
+        tmp = save_topk.with_name(save_topk.name + ".tmp")
+        with tmp.open("w") as fh:
+            fh.write("user\titems\n")
+            for u, items in zip(result.users, result.topk):
+                user = dataset.user_ids[u] if dataset.user_ids is not None else str(u)
+                fh.write(user + "\t" + " ".join(_item_names(dataset, items)) + "\n")
+        tmp.replace(save_topk)
+    if output_json:
+        print(json.dumps({"split": split, "protocol": cfg.eval.protocol, "metrics": result.metrics}, indent=2))
+    else:
+        print_metrics(f"{dataset.name} {split} ({cfg.eval.protocol} protocol, {result.num_users:,} users)", {split: result.metrics})
+        if save_topk is not None:
+            console.print(f"top-{k} lists written to {save_topk}", highlight=False)
+
+
+def _item_names(dataset, items) -> list[str]:
+    if dataset.item_ids is None:
+        return [str(int(i)) for i in items]
+    return [dataset.item_ids[int(i)] for i in items]
+
+
+@app.command()
+@handle_errors
+def recommend(
+    checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),
+    history: str = typer.Option(..., help='Item ids in time order, e.g. "12 55 301" (internal ids 1..N).'),
+    k: int = typer.Option(10, "-k", help="How many items."),
+    seed: int = typer.Option(0, help="Seed of the reverse process."),
+    include_history: bool = typer.Option(False, "--include-history", help="Allow items of the history in the list."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    output_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rank the whole catalogue for one history and print the top K items."""
+    import torch
+
+    from diffrec.data import history_batch
+    from diffrec.evaluation import make_generator
+
+    cfg, model, record, dev = _load_checkpoint(checkpoint, device)
+    n = int(record["num_items"])
+    try:
+        items = [int(tok) for tok in history.replace(",", " ").split()]
+    except ValueError:
+        raise DiffrecError(f"--history must be item ids separated by spaces, got {history!r}") from None
+    if not items:
+        raise DiffrecError("--history is empty")
+    bad = [i for i in items if not 1 <= i <= n]
+    if bad:
+        raise DiffrecError(f"item id {bad[0]} is outside 1..{n}")
+    allowed = n - (0 if include_history else len(set(items)))
+    if not 1 <= k <= allowed:
+        raise DiffrecError(f"-k must lie in 1..{allowed}")
+    batch = history_batch(items, cfg.model.max_len).to(dev)
+    scores = model.full_sort_predict(batch, make_generator(dev, seed))[0]  # (N + 1,)
+    scores[0] = float("-inf")
+    if not include_history:
+        scores[torch.tensor(items, device=dev)] = float("-inf")
+    top = torch.topk(scores, k)
+    rows = [{"rank": r + 1, "item": int(i), "score": float(s)} for r, (s, i) in enumerate(zip(top.values, top.indices))]
+    if output_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"top {k} for a history of {len(items)} items")
+    table.add_column("rank", justify="right")
+    table.add_column("item", justify="right")
+    table.add_column("score", justify="right")
+    for row in rows:
+        table.add_row(str(row["rank"]), str(row["item"]), f"{row['score']:.4f}")
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- list / data
+
+
+@app.command("list")
+@handle_errors
+def list_cmd(plugin: list[str] = typer.Option([], "--plugin", help="Also import these plugin modules.")) -> None:
+    """Print every registry and its entries."""
+    load_builtin_parts()
+    for p in plugin:
+        load_plugin(p)
+    table = Table(title="diffrec parts")
+    table.add_column("registry")
+    table.add_column("name")
+    table.add_column("description")
+    for kind in KINDS:
+        for name in registry(kind).names():
+            table.add_row(kind, name, registry(kind).describe(name))
+    console.print(table)
+
+
+@data_app.command("stats")
+@handle_errors
+def data_stats(
+    path: str = typer.Argument(..., help="Dataset file or folder, or 'synthetic'."),
+    output_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Users, items, actions, average length, sparsity."""
+    from diffrec.config import DataConfig
+    from diffrec.data import open_dataset
+
+    dataset = open_dataset(DataConfig(path=path))
+    stats = dataset.stats()
+    if output_json:
+        print(json.dumps({"name": dataset.name, **stats}, indent=2))
+        return
+    table = Table(title=f"{dataset.name}")
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    table.add_row("users", f"{stats['users']:,}")
+    table.add_row("items", f"{stats['items']:,}")
+    table.add_row("actions", f"{stats['actions']:,}")
+    table.add_row("average length", f"{stats['avg_length']:.2f}")
+    table.add_row("sparsity", f"{100 * stats['sparsity']:.4f}%")
+    table.add_row("training examples", f"{stats['train_examples']:,}")
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except DiffrecError as exc:  # errors raised while building the command (e.g. option help)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The Transformer approximator of DiffuRec (paper Sec. 4.2.2, public-code block).
+
+Pre-LayerNorm blocks ``x + Dropout(sublayer(LN(x)))`` with multi-head
+self-attention and a 4d feed-forward network with tanh-GELU, then block-output
+dropout. Three attention masks:
+
+- ``official``: the public code's mask. It blanks the *query rows* of padding
+  positions (they attend uniformly to every position) and masks no key: real
+  positions attend to every padding key, bidirectionally. With no position
+  embedding all padding positions carry the same input, so a batch trimmed to
+  fewer padding columns reproduces the full-length function exactly when each
+  remaining padding key's logit carries ``log(full pads / kept pads)``.
+- ``key_padding``: padding keys are masked, attention is bidirectional.
+- ``causal``: padding keys masked and position i sees only j <= i.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffrec.approximators.base import Approximator
+from diffrec.config import ModelConfig
+from diffrec.registry import register
+
+
+def attention_bias(mask: torch.Tensor, pad_extra: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive key bias (B, 1, L, L) and the padding-query rows' replacement logits (B, 1, 1, L).
+
+    Padding query rows get the replacement logits instead of q.k (uniform
+    attention, as in the public code, weighted by the padding multiplicity).
+    """
+    B, L = mask.shape
+    pad = ~mask  # (B, L)
+    if mode == "official":
+        kept = pad.sum(1)  # (B,)
+        ratio = (kept + pad_extra).clamp(min=1).to(torch.float32) / kept.clamp(min=1).to(torch.float32)
+        key_bias = torch.where(pad, ratio.log().unsqueeze(1), torch.zeros((), device=mask.device))  # (B, L)
+        bias = key_bias[:, None, None, :].expand(B, 1, L, L)
+        return bias, key_bias[:, None, None, :]
+    neg = torch.full((), float("-inf"), device=mask.device)
+    key_bias = torch.where(pad, neg, torch.zeros((), device=mask.device))  # (B, L)
+    bias = key_bias[:, None, None, :].expand(B, 1, L, L)
+    if mode == "causal":
+        future = torch.ones(L, L, dtype=torch.bool, device=mask.device).triu(1)  # (L, L)
+        bias = bias.masked_fill(future, float("-inf"))
+    elif mode != "key_padding":
+        raise ValueError(f"unknown attention mask {mode!r}")
+    return bias, torch.zeros(B, 1, 1, L, device=mask.device)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_normal_(self.out.weight)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, pad_rows: torch.Tensor, pad_logits: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads) + bias  # (B, H, L, L)
+        logits = torch.where(pad_rows, pad_logits, logits)  # padding query rows: uniform over keys
+        attn = self.dropout(F.softmax(logits, dim=-1))
+        y = (attn @ v).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d, 4 * d)
+        self.w2 = nn.Linear(4 * d, d)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_normal_(self.w1.weight)
+        nn.init.xavier_normal_(self.w2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.dropout(F.gelu(self.w1(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d, eps=1e-12)
+        self.attn = MultiHeadAttention(d, heads, dropout)
+        self.ln2 = nn.LayerNorm(d, eps=1e-12)
+        self.ffn = FeedForward(d, dropout)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+        self.drop_out = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, pad_rows: torch.Tensor, pad_logits: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop1(self.attn(self.ln1(x), bias, pad_rows, pad_logits))  # (B, L, d)
+        x = x + self.drop2(self.ffn(self.ln2(x)))
+        return self.drop_out(x)
+
+
+@register("approximator", "transformer")
+class TransformerApproximator(Approximator):
+    """Pre-LN Transformer blocks (public-code block, heads, FFN and dropouts); the last position is the output."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.mask_mode = config.attention_mask
+        self.blocks = nn.ModuleList(Block(config.hidden_size, config.num_heads, config.dropout) for _ in range(config.num_blocks))
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
+        bias, pad_logits = attention_bias(mask, pad_extra, self.mask_mode)  # (B, 1, L, L), (B, 1, 1, L)
+        pad_rows = (~mask)[:, None, :, None]  # (B, 1, L, 1)
+        pad_logits = pad_logits.to(z.dtype)
+        bias = bias.to(z.dtype)
+        h = z
+        for block in self.blocks:
+            h = block(h, bias, pad_rows, pad_logits)  # (B, L, d)
+        return h[:, -1, :]

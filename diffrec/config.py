@@ -1,0 +1,207 @@
+"""Typed configuration: every run is described by one :class:`RunConfig`.
+
+Defaults reproduce the DiffuRec public code (reference notes); every deviation
+from it is a named field. A run directory stores its config as TOML and
+``diffrec train --config FILE`` replays it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from diffrec.errors import DiffrecError
+
+ATTENTION_MASKS = ("official", "key_padding", "causal")
+EVAL_PROTOCOLS = ("correct", "official")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and diffusion settings (public-code defaults)."""
+
+    model: str = "diffurec"
+    approximator: str = "transformer"
+    schedule: str = "trunc_lin"
+    loss: str = "ce"
+    rounding: str = "inner_product"
+    timestep_sampler: str = "uniform"
+    reverse_sampler: str = "ddpm"
+    hidden_size: int = 128
+    num_blocks: int = 4
+    num_heads: int = 4
+    dropout: float = 0.1
+    emb_dropout: float = 0.3
+    max_len: int = 50
+    diffusion_steps: int = 32
+    #: lambda ~ N(delta, delta) element-wise over the history (paper Eq. 13)
+    delta: float = 0.001
+    #: "official" blanks padding query rows (bidirectional, pads as keys); see approximators/transformer.py
+    attention_mask: str = "official"
+    position_embedding: bool = False
+    #: the paper's extra step x_0 ~ q(x_0 | e) = N(sqrt(alpha_0) e, (1 - alpha_0) I); absent from the public code
+    x0_from_embedding: bool = False
+    #: std of the item-embedding init; the public code uses nn.Embedding's N(0, 1)
+    emb_init_std: float = 1.0
+    #: the public code's softmax covers all N + 1 ids, padding included
+    ce_over_padding: bool = True
+    #: kernel backend for noise injection / rounding / fused CE: "auto", "torch" or "triton"
+    kernel_backend: str = "torch"
+
+    def validate(self) -> None:
+        if self.attention_mask not in ATTENTION_MASKS:
+            raise DiffrecError(f"unknown attention mask {self.attention_mask!r}; valid choices: {', '.join(ATTENTION_MASKS)}")
+        for name in ("hidden_size", "num_blocks", "num_heads", "max_len", "diffusion_steps"):
+            if getattr(self, name) < 1:
+                raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise DiffrecError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for name in ("dropout", "emb_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise DiffrecError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.delta < 0:
+            raise DiffrecError(f"delta must be >= 0, got {self.delta}")
+        if self.emb_init_std <= 0:
+            raise DiffrecError(f"emb_init_std must be > 0, got {self.emb_init_std}")
+        if self.kernel_backend not in ("auto", "torch", "triton"):
+            raise DiffrecError(f"unknown kernel backend {self.kernel_backend!r}; valid choices: auto, torch, triton")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (public-code defaults; the paper says batch 1024)."""
+
+    epochs: int = 500
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_step: int = 100
+    lr_gamma: float = 0.1
+    #: linear learning-rate warm-up over this many optimiser steps (0 = none, as in the public code)
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    eval_every: int = 20
+    patience: int = 5
+    seed: int = 1997
+    #: batch examples of similar length and trim padding (function-preserving)
+    bucketing: bool = True
+    device: str = "auto"
+    num_threads: int = 0
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every", "patience", "lr_step"):
+            if getattr(self, name) < 1:
+                raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise DiffrecError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol: leave-one-out, full-catalogue ranking."""
+
+    #: "correct": padding never ranked, metrics averaged per user; "official": the public code's way
+    protocol: str = "correct"
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 512
+    #: seeds the reverse process so that evaluation is repeatable
+    seed: int = 0
+    #: drop each user's history items from the ranking (not the paper's protocol)
+    exclude_history: bool = False
+
+    def validate(self) -> None:
+        if self.protocol not in EVAL_PROTOCOLS:
+            raise DiffrecError(f"unknown evaluation protocol {self.protocol!r}; valid choices: {', '.join(EVAL_PROTOCOLS)}")
+        if not self.ks or min(self.ks) < 1:
+            raise DiffrecError(f"metric cut-offs must be >= 1, got {self.ks}")
+        if self.batch_size < 1:
+            raise DiffrecError(f"eval batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"
+    #: options of the built-in synthetic data (used when path == "synthetic")
+    synthetic_users: int = 2000
+    synthetic_items: int = 500
+    synthetic_seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    plugins: list[str] = field(default_factory=list)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        self.eval.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        sections = {f.name: f for f in fields(cls)}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise DiffrecError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for name, f in sections.items():
+            if name not in raw:
+                continue
+            value = raw[name]
+            if name == "plugins":
+                kwargs[name] = list(value)
+                continue
+            section_cls = f.default_factory  # type: ignore[misc]
+            kwargs[name] = _section(section_cls, value, name)
+        return cls(**kwargs)
+
+    def save(self, path: str | pathlib.Path) -> None:
+        path = pathlib.Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(tomli_w.dumps(self.to_dict()))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> RunConfig:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise DiffrecError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise DiffrecError(f"{path}: not valid TOML ({exc})") from None
+        return cls.from_dict(raw)
+
+
+def _section(section_cls: type, value: Any, name: str) -> Any:
+    if not isinstance(value, dict):
+        raise DiffrecError(f"config section [{name}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(value) - set(known)
+    if unknown:
+        raise DiffrecError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
+    defaults = section_cls()
+    for key, v in value.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(v, int) and not isinstance(v, bool):
+            value[key] = float(v)
+        elif expected is not type(v) and not (expected is list and isinstance(v, list)):
+            raise DiffrecError(f"[{name}] {key} must be {expected.__name__}, got {type(v).__name__}")
+    return section_cls(**value)

@@ -1,0 +1,48 @@
+"""Training losses on the reconstructed target x0_hat (paper Sec. 4.2.5).
+
+A ``loss`` part is called as ``loss(x0_hat, item_weight, targets)`` with
+x0_hat (B, d), the item-embedding table (N + 1, d) and target ids (B,), and
+returns the per-example loss (B,) so that timestep samplers can reweight and
+learn from it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from diffrec.registry import register
+
+
+@runtime_checkable
+class Loss(Protocol):
+    def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
+@register("loss", "ce")
+class CrossEntropyLoss:
+    """Softmax cross-entropy of x0_hat . e_i over the whole catalogue (Eq. 19-20)."""
+
+    def __init__(self, over_padding: bool = True) -> None:
+        #: the public code's softmax also covers the padding id 0
+        self.over_padding = over_padding
+
+    def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = x0_hat @ item_weight.t()  # (B, N + 1)
+        if not self.over_padding:
+            logits = logits.clone()
+            logits[:, 0] = float("-inf")
+        return F.cross_entropy(logits, targets, reduction="none")  # (B,)
+
+
+@register("loss", "mse")
+class MSELoss:
+    """Regression of x0_hat to the target embedding: mean over d of (x0_hat - e_target)^2."""
+
+    def __init__(self, over_padding: bool = True) -> None:
+        del over_padding
+
+    def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (x0_hat - item_weight[targets]).pow(2).mean(-1)  # (B,)

@@ -1,0 +1,47 @@
+"""The recommender contract every ``model`` part follows (RecBole-style).
+
+- ``calculate_loss(batch) -> scalar``: the training objective of one batch;
+- ``predict(batch, items) -> (B, C)``: scores of given candidate ids;
+- ``full_sort_predict(batch, generator) -> (B, N + 1)``: scores of every id
+  (column 0 is padding; the evaluator decides whether it is ranked).
+
+Models are built as ``Model(config, num_items)`` from a :class:`ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffrec.config import ModelConfig
+from diffrec.data.batching import Batch
+
+
+class Recommender(nn.Module):
+    def __init__(self, config: ModelConfig, num_items: int) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.num_items = num_items
+
+    @property
+    def trims_padding_exactly(self) -> bool:
+        """Whether batches trimmed to their longest row compute the same function as max_len padding."""
+        return True
+
+    def calculate_loss(self, batch: Batch) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def predict(self, batch: Batch, items: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scores of candidate ids ``items`` (B, C); by default gathered from the full ranking."""
+        return self.full_sort_predict(batch, generator).gather(1, items)  # (B, C)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Non-parameter state to checkpoint (e.g. a learning timestep sampler)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        return None

@@ -1,0 +1,169 @@
+"""Noise schedules and the Gaussian diffusion they define.
+
+A schedule maps the number of diffusion steps ``T`` to the variances
+``beta_1..beta_T`` (float64). The definitions match DiffuRec's public code,
+which extends the DDPM/Diffusion-LM schedules with truncated variants; the
+paper's truncated linear schedule is its Eq. (14).
+
+:class:`GaussianDiffusion` derives every quantity of the forward process
+``q(x_t | x_0)`` (paper Eq. 15-16) and of the posterior
+``q(x_{t-1} | x_t, x_0)`` (Eq. 17-18) used by the reverse samplers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from diffrec.errors import ConfigError
+from diffrec.registry import register
+
+MAX_BETA = 0.999
+
+
+@runtime_checkable
+class NoiseSchedule(Protocol):
+    """The contract of a ``schedule`` part: ``betas(T)`` -> array of T variances in (0, 1]."""
+
+    def betas(self, num_steps: int) -> np.ndarray: ...
+
+
+def betas_from_alpha_bar(num_steps: int, alpha_bar: Callable[[float], float], *, shift_left: bool = False) -> np.ndarray:
+    """Discretise a continuous cumulative-signal curve ``alpha_bar(s)``, s in [0, 1].
+
+    ``beta_i = 1 - alpha_bar((i+1)/T) / alpha_bar(i/T)``, clipped at 0.999.
+    ``shift_left`` starts with ``1 - alpha_bar(0)`` and drops the last interval
+    (the public code's truncated cosine).
+    """
+    betas = []
+    if shift_left:
+        betas.append(min(1.0 - alpha_bar(0.0), MAX_BETA))
+        intervals = range(num_steps - 1)
+    else:
+        intervals = range(num_steps)
+    for i in intervals:
+        s1, s2 = i / num_steps, (i + 1) / num_steps
+        betas.append(min(1.0 - alpha_bar(s2) / alpha_bar(s1), MAX_BETA))
+    return np.asarray(betas, dtype=np.float64)
+
+
+class _Schedule:
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@register("schedule", "linear")
+class LinearSchedule(_Schedule):
+    """DDPM linear betas, rescaled so that any T covers the 1000-step range."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        scale = 1000.0 / num_steps
+        return np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64)
+
+
+@register("schedule", "cosine")
+class CosineSchedule(_Schedule):
+    """Improved-DDPM cosine curve alpha_bar(s) = cos^2((s + 0.008) / 1.008 * pi / 2)."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        return betas_from_alpha_bar(num_steps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+
+
+@register("schedule", "sqrt")
+class SqrtSchedule(_Schedule):
+    """Diffusion-LM sqrt curve alpha_bar(s) = 1 - sqrt(s + 1e-4)."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        return betas_from_alpha_bar(num_steps, lambda s: 1.0 - math.sqrt(s + 1e-4))
+
+
+@register("schedule", "trunc_cos")
+class TruncatedCosineSchedule(_Schedule):
+    """Cosine curve cos^2((s + 0.1) / 1.1 * pi / 2), shifted to start at s = 0."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        return betas_from_alpha_bar(num_steps, lambda s: math.cos((s + 0.1) / 1.1 * math.pi / 2) ** 2, shift_left=True)
+
+
+@register("schedule", "trunc_lin")
+class TruncatedLinearSchedule(_Schedule):
+    """DiffuRec's default (paper Eq. 14): linear betas offset by 0.01, end truncated when it would pass 1."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        scale = 1000.0 / num_steps
+        start = scale * 1e-4 + 0.01
+        end = scale * 0.02 + 0.01
+        if end > 1:
+            end = scale * 0.001 + 0.01
+        return np.linspace(start, end, num_steps, dtype=np.float64)
+
+
+@register("schedule", "pw_lin")
+class PiecewiseLinearSchedule(_Schedule):
+    """Two linear pieces: 10 steps from scale*1e-4 + 0.01 down to scale*1e-4, then up to scale*0.02."""
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        if num_steps <= 10:
+            raise ConfigError("the pw_lin schedule needs more than 10 diffusion steps")
+        scale = 1000.0 / num_steps
+        start, mid, end = scale * 1e-4 + 0.01, scale * 1e-4, scale * 0.02
+        first = np.linspace(start, mid, 10, dtype=np.float64)
+        second = np.linspace(mid, end, num_steps - 10, dtype=np.float64)
+        return np.concatenate([first, second])
+
+
+class GaussianDiffusion:
+    """The forward process and posterior of a schedule with ``num_steps`` steps (t = 0..T-1).
+
+    Arrays are float64 numpy (for accuracy) and gathered per batch into the
+    caller's dtype and device.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, num_steps: int) -> None:
+        if num_steps < 1:
+            raise ConfigError(f"the number of diffusion steps must be >= 1, got {num_steps}")
+        betas = np.asarray(schedule.betas(num_steps), dtype=np.float64)
+        if betas.shape != (num_steps,):
+            raise ConfigError(f"schedule returned {betas.shape} betas for {num_steps} steps")
+        if not ((betas > 0).all() and (betas <= 1).all()):
+            raise ConfigError(
+                f"schedule betas must lie in (0, 1] but range over [{betas.min():.3g}, {betas.max():.3g}] for T = {num_steps}; choose another schedule or T"
+            )
+        self.num_steps = num_steps
+        self.betas = betas
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        # posterior q(x_{t-1} | x_t, x_0) = N(c1 x_0 + c2 x_t, beta_tilde) (Eq. 17-18)
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        # reverse-step log variance of the public code: [beta_tilde_1, beta_1, ..., beta_{T-1}]
+        fixed = np.append(self.posterior_variance[1], betas[1:]) if num_steps > 1 else self.posterior_variance.copy()
+        self.reverse_log_variance = np.log(np.maximum(fixed, 1e-20))
+
+    @staticmethod
+    def _gather(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        vals = torch.as_tensor(arr, device=t.device)[t].to(like.dtype)  # (B,)
+        return vals.view(-1, *([1] * (like.dim() - 1)))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0): sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Eq. 16)."""
+        return self._gather(self.sqrt_alphas_cumprod, t, x0) * x0 + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def posterior_mean(self, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean of q(x_{t-1} | x_t, x0_hat) (Eq. 17)."""
+        return self._gather(self.posterior_mean_coef1, t, x_t) * x0_hat + self._gather(self.posterior_mean_coef2, t, x_t) * x_t
+
+    def reverse_std(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return torch.exp(0.5 * self._gather(self.reverse_log_variance, t, like))
+
+    def scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Timesteps as the step embedding sees them: t * 1000 / T."""
+        return t.float() * (1000.0 / self.num_steps)

@@ -1,0 +1,267 @@
+"""Training loop: Adam + StepLR, periodic validation with patience, best model tested.
+
+Follows the public code's procedure: validation every ``eval_every`` epochs,
+a new best model whenever any validation metric improves, stop after
+``patience`` validations without improvement, then test the best model.
+Checkpoints are written atomically after every epoch so that ``resume``
+continues an interrupted run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffrec import checkpoint as ckpt
+from diffrec.config import RunConfig
+from diffrec.data.batching import TrainExamples
+from diffrec.data.dataset import SequenceData
+from diffrec.errors import DiffrecError, TrainingDivergedError
+from diffrec.evaluation import evaluate
+from diffrec.models.base import Recommender
+from diffrec.progress import progress_bar
+from diffrec.registry import load_builtin_parts, load_plugin, registry
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DiffrecError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffrecError("device 'cuda' was requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: RunConfig, num_items: int) -> Recommender:
+    """The configured model, with built-in parts and the config's plugins registered."""
+    load_builtin_parts()
+    for plugin in config.plugins:
+        load_plugin(plugin)
+    model_cls = registry("model").get(config.model.model)
+    return model_cls(config.model, num_items)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+    epoch_seconds: list[float] = field(default_factory=list)
+    examples_per_second: list[float] = field(default_factory=list)
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        data: SequenceData,
+        run_dir: str | pathlib.Path,
+        *,
+        data_path: str = "",
+        show_progress: bool = True,
+        on_epoch: EpochCallback | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.data = data
+        self.run = ckpt.RunDir(run_dir)
+        self.data_path = data_path
+        self.show_progress = show_progress
+        self.on_epoch = on_epoch
+        self.device = select_device(config.train.device)
+        if config.train.num_threads > 0:
+            torch.set_num_threads(config.train.num_threads)
+        seed_everything(config.train.seed)
+        self.model = build_model(config, data.num_items).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+        self.examples = TrainExamples(data, config.model.max_len)
+        if len(self.examples) == 0:
+            raise DiffrecError("the data has no training examples (every user has fewer than 4 interactions)")
+        self.rng = np.random.default_rng(config.train.seed)
+        self.state = TrainState()
+
+    # ------------------------------------------------------------- helpers
+    def lr_at(self, epoch: int, step: int) -> float:
+        t = self.config.train
+        lr = t.lr * t.lr_gamma ** (epoch // t.lr_step)  # StepLR
+        if t.warmup_steps > 0:
+            lr *= min(1.0, (step + 1) / t.warmup_steps)
+        return lr
+
+    def _save_last(self) -> None:
+        tensors = ckpt.model_tensors(self.model)
+        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
+        tensors.update(opt_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST))
+        state = dict(self.state.__dict__)
+        state["optimizer"] = opt_meta
+        state["numpy_rng"] = self.rng.bit_generator.state
+        self.run.write_json(ckpt.STATE, state)
+
+    def _restore_last(self) -> None:
+        tensors = ckpt.load_tensors(self.run.file(ckpt.LAST))
+        raw = self.run.read_json(ckpt.STATE)
+        ckpt.load_model_tensors(self.model, tensors, self.run.file(ckpt.LAST))
+        ckpt.load_optimizer(self.optimizer, tensors, raw.pop("optimizer"))
+        torch.set_rng_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = raw.pop("numpy_rng")
+        self.state = TrainState(**raw)
+
+    def _prepare_dir(self, resume: bool, force: bool) -> None:
+        if resume:
+            if not self.run.is_run():
+                raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
+            if not self.run.file(ckpt.LAST).is_file():
+                raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
+            if self.run.config().to_dict() != self.config.to_dict():
+                raise DiffrecError(f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} (resume with --config that file)")
+            recorded = self.run.dataset()
+            if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
+                raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
+            self._restore_last()
+            return
+        if self.run.exists() and any(self.run.path.iterdir()):
+            if not force:
+                raise DiffrecError(f"output directory {self.run.path} exists and is not empty (use --force to overwrite or --resume to continue)")
+            shutil.rmtree(self.run.path)
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run.file(ckpt.CONFIG))
+        self.run.write_json(ckpt.DATASET, ckpt.dataset_record(self.data, self.data_path))
+
+    # ---------------------------------------------------------------- loop
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        t = self.config.train
+        self.model.train()
+        total, count = 0.0, 0
+        start = time.perf_counter()
+        batches = self.examples.batches(t.batch_size, self.rng, bucketing=t.bucketing, trim=self.model.trims_padding_exactly)
+        desc = f"epoch {epoch + 1}/{t.epochs}"
+        for batch in progress_bar(batches, total=self.examples.num_batches(t.batch_size), description=desc, enabled=self.show_progress):
+            batch = batch.to(self.device)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(epoch, self.state.step)
+            loss = self.model.calculate_loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            self.state.step += 1
+            total += loss.item() * len(batch)
+            count += len(batch)
+        seconds = time.perf_counter() - start
+        return total / count, seconds, count
+
+    def validate(self) -> dict[str, float]:
+        return evaluate(
+            self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress
+        ).metrics
+
+    def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
+        self._prepare_dir(resume, force)
+        try:
+            return self._fit()
+        except TrainingDivergedError:
+            if not resume:  # a fresh run that diverged leaves nothing half-written behind
+                shutil.rmtree(self.run.path, ignore_errors=True)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
+        t = self.config.train
+        while self.state.epoch < t.epochs and not self.state.stopped_early:
+            epoch = self.state.epoch
+            loss, seconds, n = self.train_epoch(epoch)
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "seconds": seconds,
+                "examples_per_second": n / seconds,
+                "lr": self.lr_at(epoch, max(self.state.step - 1, 0)),
+            }
+            self.state.epoch_seconds.append(seconds)
+            self.state.examples_per_second.append(n / seconds)
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                valid = self.validate()
+                record["valid"] = valid
+                improved = not self.state.best or any(v > self.state.best.get(k, -math.inf) for k, v in valid.items())
+                if improved:
+                    self.state.best = {k: max(v, self.state.best.get(k, -math.inf)) for k, v in valid.items()}
+                    self.state.best_epoch = epoch + 1
+                    self.state.bad_evals = 0
+                    ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST))
+                else:
+                    self.state.bad_evals += 1
+                    if self.state.bad_evals >= t.patience:
+                        self.state.stopped_early = True
+            self.state.epoch = epoch + 1
+            self._save_last()
+            self.run.append_jsonl(ckpt.EPOCHS, record)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+        return self._finish()
+
+    def _finish(self) -> dict[str, Any]:
+        best = self.run.file(ckpt.BEST)
+        ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
+        common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress)
+        valid = evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
+        test = evaluate(self.model, self.data, "test", self.config.eval, **common).metrics
+        final = {
+            "valid": valid,
+            "test": test,
+            "unit": "percent",
+            "protocol": self.config.eval.protocol,
+            "best_epoch": self.state.best_epoch,
+            "epochs_run": self.state.epoch,
+            "stopped_early": self.state.stopped_early,
+            "train_seconds_per_epoch": float(np.mean(self.state.epoch_seconds)) if self.state.epoch_seconds else None,
+            "examples_per_second": float(np.mean(self.state.examples_per_second)) if self.state.examples_per_second else None,
+            "device": str(self.device),
+        }
+        self.run.write_json(ckpt.FINAL, final)
+        return final
+
+
+def load_run_model(run_dir: str | pathlib.Path, device: torch.device) -> tuple[RunConfig, Recommender, dict[str, Any]]:
+    """The best model of a finished (or running) run directory."""
+    run = ckpt.RunDir(run_dir)
+    config = run.config()
+    record = run.dataset()
+    model = build_model(config, int(record["num_items"])).to(device)
+    weights = run.file(ckpt.BEST)
+    if not weights.is_file():
+        raise DiffrecError(f"{run.path} has no {ckpt.BEST} yet (no validation has run)")
+    ckpt.load_model_tensors(model, ckpt.load_tensors(weights), weights)
+    model.eval()
+    return config, model, record
+
+
+def dumps_metrics(metrics: dict[str, Any]) -> str:
+    return json.dumps(metrics, indent=2, sort_keys=True)

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffrec.config import ModelConfig, RunConfig
+from diffrec.data.batching import EvalInputs, TrainExamples, history_batch
+from diffrec.data.dataset import SequenceData
+from diffrec.trainer import build_model
+
+
+def rows_of(batch):
+    out = []
+    for seq, target, extra in zip(batch.seq.tolist(), batch.target.tolist(), batch.pad_extra.tolist()):
+        real = [i for i in seq if i]
+        out.append((tuple(real), target))
+        assert extra == 0 or seq[0] == 0 or len(real) == len(seq)
+    return out
+
+
+def test_prefix_examples_by_hand():
+    data = SequenceData([[1, 2, 3, 4, 5, 6], [7, 8, 9]], num_items=9)
+    ex = TrainExamples(data, max_len=3)
+    assert len(ex) == 3  # user 0: [1,2,3,4] -> 3 examples; user 1: [7] -> 0
+    batch = next(ex.batches(10, np.random.default_rng(0), bucketing=False))
+    assert sorted(rows_of(batch)) == [((1,), 2), ((1, 2), 3), ((1, 2, 3), 4)]
+    assert batch.seq.shape == (3, 3) and (batch.pad_extra == 0).all()
+    # the validation input is the training part, the test input adds the validation item
+    valid = next(EvalInputs(data, "valid", 3).batches(10, bucketing=False))
+    test = next(EvalInputs(data, "test", 3).batches(10, bucketing=False))
+    assert rows_of(valid) == [((2, 3, 4), 5), ((7,), 8)]
+    assert rows_of(test) == [((3, 4, 5), 6), ((7, 8), 9)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seqs=st.lists(st.lists(st.integers(1, 20), min_size=3, max_size=15), min_size=1, max_size=12),
+    max_len=st.integers(1, 6),
+    batch_size=st.integers(1, 7),
+    seed=st.integers(0, 5),
+)
+def test_bucketing_keeps_the_examples(seqs, max_len, batch_size, seed):
+    data = SequenceData(seqs, num_items=20)
+    ex = TrainExamples(data, max_len)
+    expect = sorted((tuple(s[:-2][max(0, j - max_len) : j]), s[:-2][j]) for s in seqs for j in range(1, len(s) - 2))
+    for bucketing in (False, True):
+        got = []
+        for batch in ex.batches(batch_size, np.random.default_rng(seed), bucketing=bucketing):
+            width = batch.seq.shape[1]
+            assert width <= max_len
+            assert (batch.pad_extra == max_len - width).all()
+            lengths = (batch.seq > 0).sum(1)
+            # every row that was shorter than max_len keeps at least one padding column
+            assert ((lengths == max_len) | (lengths < width)).all()
+            got += rows_of(batch)
+        assert sorted(got) == expect
+
+
+def diffurec(**changes):
+    base = dict(hidden_size=16, num_blocks=2, num_heads=2, max_len=10, dropout=0.0, emb_dropout=0.0, emb_init_std=0.1)
+    base.update(changes)
+    torch.manual_seed(0)
+    return build_model(RunConfig(model=ModelConfig(**base)), 25)
+
+
+def reorder(batch, order):
+    return type(batch)(batch.seq[order], batch.target[order], batch.pad_extra[order], batch.users[order])
+
+
+def canonical(batch):
+    """Rows sorted by (target, length) so that two batchings of the same examples line up."""
+    return reorder(batch, torch.argsort(batch.target * 100 + (batch.seq > 0).sum(1)))
+
+
+@pytest.mark.parametrize("mask", ["official", "key_padding", "causal"])
+@pytest.mark.parametrize("positions", [False, True])
+def test_trimmed_batches_compute_the_same_function(mask, positions):
+    """Same outputs, with the noise fixed (delta = 0), for full padding and trimmed padding."""
+    seqs = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19]]
+    data = SequenceData(seqs, num_items=25)
+    model = diffurec(attention_mask=mask, position_embedding=positions, delta=0.0)
+    ex = TrainExamples(data, 10)
+    full = canonical(next(ex.batches(64, np.random.default_rng(0), bucketing=False)))
+    trimmed = canonical(next(ex.batches(64, np.random.default_rng(0), bucketing=True, trim=model.trims_padding_exactly)))
+    if mask == "official" and positions:
+        # padding keys differ by position here, so the model refuses trimming
+        assert not model.trims_padding_exactly and trimmed.seq.shape == full.seq.shape
+        return
+    assert trimmed.seq.shape[1] < full.seq.shape[1]
+    model.eval()
+    s_full = model.full_sort_predict(full, torch.Generator().manual_seed(1))
+    s_trim = model.full_sort_predict(trimmed, torch.Generator().manual_seed(1))
+    assert torch.allclose(s_full, s_trim, atol=1e-4), (s_full - s_trim).abs().max()
+    # the training loss too (dropout off, the same RNG stream)
+    model.train()
+    torch.manual_seed(5)
+    l_full = model.calculate_loss(full)
+    torch.manual_seed(5)
+    l_trim = model.calculate_loss(trimmed)
+    assert torch.allclose(l_full, l_trim, atol=1e-5)
+
+
+def test_official_mask_depends_on_padding_but_not_on_trimming():
+    """Sanity check that the invariance above is not vacuous: the official mask sees the padding."""
+    model = diffurec(attention_mask="official", delta=0.0).eval()
+    a = history_batch([3, 4, 5], max_len=10)
+    b = history_batch([3, 4, 5], max_len=20)  # same ids, twice the padding in the full window
+    assert torch.equal(a.seq, b.seq) and b.pad_extra.item() > a.pad_extra.item()
+    sa = model.full_sort_predict(a, torch.Generator().manual_seed(0))
+    sb = model.full_sort_predict(b, torch.Generator().manual_seed(0))
+    assert not torch.allclose(sa, sb, atol=1e-4)
+    key = diffurec(attention_mask="key_padding", delta=0.0).eval()
+    assert torch.allclose(
+        key.full_sort_predict(a, torch.Generator().manual_seed(0)), key.full_sort_predict(b, torch.Generator().manual_seed(0)), atol=1e-5
+    )

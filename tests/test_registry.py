@@ -1,0 +1,97 @@
+import pytest
+
+from diffrec import register, registry
+from diffrec.errors import DiffrecError
+from diffrec.registry import KINDS, Registry, UnknownPartError, list_parts, load_plugin
+
+EXPECTED = {
+    "schedule": {"linear", "cosine", "sqrt", "trunc_lin", "trunc_cos", "pw_lin"},
+    "approximator": {"transformer", "gru", "mlp"},
+    "loss": {"ce", "mse"},
+    "rounding": {"inner_product", "l2", "cosine"},
+    "timestep_sampler": {"uniform", "loss_aware"},
+    "reverse_sampler": {"ddpm"},
+    "model": {"diffurec"},
+}
+
+
+def test_builtin_parts_are_registered():
+    parts = list_parts()
+    assert list(parts) == list(KINDS)
+    for kind, names in EXPECTED.items():
+        assert names <= set(parts[kind]), kind
+
+
+def test_unknown_name_lists_valid_choices():
+    list_parts()
+    with pytest.raises(UnknownPartError) as exc:
+        registry("schedule").get("cosin")
+    msg = str(exc.value)
+    assert "unknown schedule 'cosin'" in msg
+    for name in EXPECTED["schedule"]:
+        assert name in msg
+    assert isinstance(exc.value, DiffrecError)
+
+
+def test_unknown_registry():
+    with pytest.raises(UnknownPartError, match="valid choices: model"):
+        registry("optimizer")
+
+
+def test_register_build_by_name_or_object():
+    reg: Registry = Registry("widget", base=dict)
+    reg.register("box")(dict)
+    assert reg.build("box", a=1) == {"a": 1}
+    obj = {"b": 2}
+    assert reg.build(obj) is obj
+    with pytest.raises(DiffrecError, match="expected a widget name or a dict"):
+        reg.build(3)
+    assert "box" in reg and "BOX" in reg and "other" not in reg
+
+
+def test_build_from_passes_only_accepted_arguments():
+    reg: Registry = Registry("thing")
+
+    @reg.register("pair")
+    class Pair:
+        def __init__(self, a, b=2):
+            self.a, self.b = a, b
+
+    built = reg.build_from("pair", a=1, unrelated=5)
+    assert (built.a, built.b) == (1, 2)
+
+
+def test_duplicate_registration_is_refused():
+    reg: Registry = Registry("thing")
+    reg.register("x")(int)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("x")(float)
+    reg.register("x", overwrite=True)(float)
+    assert reg.get("x") is float
+
+
+def test_plugin_file_registers_parts(tmp_path):
+    plugin = tmp_path / "my_parts.py"
+    plugin.write_text(
+        "from diffrec import register\n"
+        "@register('schedule', 'plugin_const_test')\n"
+        "class Const:\n"
+        "    '''constant betas'''\n"
+        "    def betas(self, n):\n"
+        "        import numpy as np\n"
+        "        return np.full(n, 0.1)\n"
+    )
+    load_plugin(str(plugin))
+    assert "plugin_const_test" in registry("schedule")
+    assert registry("schedule").describe("plugin_const_test") == "constant betas"
+
+
+def test_plugin_errors_are_one_line(tmp_path):
+    with pytest.raises(DiffrecError, match="plugin file not found"):
+        load_plugin(str(tmp_path / "missing.py"))
+    with pytest.raises(DiffrecError, match="cannot import plugin"):
+        load_plugin("no_such_module_xyz")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(DiffrecError, match="RuntimeError: boom"):
+        load_plugin(str(broken))
