@@ -331,12 +331,9 @@ def recommend(
     if not 1 <= k <= allowed:
         raise DiffrecError(f"-k must lie in 1..{allowed}")
     batch = history_batch(items, cfg.model.max_len).to(dev)
-    scores = model.full_sort_predict(batch, make_generator(dev, seed))[0]  # (N + 1,)
-    scores[0] = float("-inf")
-    if not include_history:
-        scores[torch.tensor(items, device=dev)] = float("-inf")
-    top = torch.topk(scores, k)
-    rows = [{"rank": r + 1, "item": int(i), "score": float(s)} for r, (s, i) in enumerate(zip(top.values, top.indices))]
+    exclude = torch.tensor([[0] if include_history else items], device=dev)  # (1, L)
+    top_scores, top_ids = model.recommend(batch, k, exclude, make_generator(dev, seed))  # (1, k) each
+    rows = [{"rank": r + 1, "item": int(i), "score": float(v)} for r, (v, i) in enumerate(zip(top_scores[0], top_ids[0]))]
     if output_json:
         print(json.dumps(rows, indent=2))
         return

@@ -86,7 +86,7 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: pathlib.Path) -> None:
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
-    weights = {k: v for k, v in tensors.items() if not k.startswith("extra.") and not k.startswith("optim.")}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(("extra.", "optim.", "rng."))}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -3,7 +3,8 @@
 A ``loss`` part is called as ``loss(x0_hat, item_weight, targets)`` with
 x0_hat (B, d), the item-embedding table (N + 1, d) and target ids (B,), and
 returns the per-example loss (B,) so that timestep samplers can reweight and
-learn from it.
+learn from it. A loss that can only return the batch mean (a fused kernel)
+sets ``per_example = False`` and cannot be combined with a learning sampler.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from diffrec.kernels import linear_cross_entropy
 from diffrec.registry import register
 
 
 @runtime_checkable
 class Loss(Protocol):
+    per_example: bool
+
     def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 @register("loss", "ce")
 class CrossEntropyLoss:
     """Softmax cross-entropy of x0_hat . e_i over the whole catalogue (Eq. 19-20)."""
+
+    per_example = True
 
     def __init__(self, over_padding: bool = True) -> None:
         #: the public code's softmax also covers the padding id 0
@@ -41,8 +47,26 @@ class CrossEntropyLoss:
 class MSELoss:
     """Regression of x0_hat to the target embedding: mean over d of (x0_hat - e_target)^2."""
 
+    per_example = True
+
     def __init__(self, over_padding: bool = True) -> None:
         del over_padding
 
     def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (x0_hat - item_weight[targets]).pow(2).mean(-1)  # (B,)
+
+
+@register("loss", "ce_fused")
+class FusedCrossEntropyLoss:
+    """The ``ce`` loss through the fused linear cross-entropy kernel: no B x (N + 1) logits (batch mean only)."""
+
+    per_example = False
+
+    def __init__(self, over_padding: bool = True, backend: str | None = None) -> None:
+        self.over_padding = over_padding
+        self.backend = backend
+
+    def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.over_padding:
+            return linear_cross_entropy(x0_hat, item_weight, targets, backend=self.backend)
+        return linear_cross_entropy(x0_hat, item_weight[1:], targets - 1, backend=self.backend)

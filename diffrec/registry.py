@@ -170,6 +170,9 @@ def load_plugin(module: str) -> None:
             if not path.is_file():
                 raise DiffrecError(f"plugin file not found: {module}")
             name = f"diffrec_plugin_{path.stem}"
+            loaded = sys.modules.get(name)
+            if loaded is not None and pathlib.Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+                return  # already imported: its parts are registered
             spec = importlib.util.spec_from_file_location(name, path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)

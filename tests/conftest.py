@@ -2,6 +2,7 @@
 
 Triton kernels run on the CPU only through Triton's interpreter, which is chosen
 when a kernel is decorated, so the variable is set before anything imports them.
+The CLI tests run the console script in a subprocess too; it inherits the variable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import pathlib
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The suite trains many tiny models: one intra-op thread is as fast for them and keeps
+# the timings steady when other processes share the two cores.
+torch.set_num_threads(1)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

@@ -103,18 +103,35 @@ def test_loss_shape_and_gradient(name):
     items = torch.randn(N + 1, D, requires_grad=True)
     targets = torch.randint(1, N + 1, (B,))
     values = loss(x0_hat, items, targets)
-    assert values.shape == (B,) and torch.isfinite(values).all() and (values >= 0).all()
+    assert values.shape == ((B,) if loss.per_example else ())
+    assert torch.isfinite(values).all() and (values >= 0).all()
     values.mean().backward()
     assert x0_hat.grad.abs().sum() > 0 and items.grad.abs().sum() > 0
 
 
-def test_ce_loss_padding_option():
-    ce_all = registry("loss").build_from("ce", over_padding=True)
-    ce_items = registry("loss").build_from("ce", over_padding=False)
-    x0, items, targets = torch.randn(B, D), torch.randn(N + 1, D), torch.randint(1, N + 1, (B,))
+@pytest.mark.parametrize("over_padding", [True, False])
+def test_ce_losses_padding_option(over_padding):
+    ce = registry("loss").build_from("ce", over_padding=over_padding)
+    fused = registry("loss").build_from("ce_fused", over_padding=over_padding, backend="torch")
+    x0 = torch.randn(B, D, requires_grad=True)
+    items = torch.randn(N + 1, D, requires_grad=True)
+    targets = torch.randint(1, N + 1, (B,))
     logits = x0 @ items.t()
-    assert torch.allclose(ce_all(x0, items, targets), torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
-    assert torch.allclose(ce_items(x0, items, targets), torch.nn.functional.cross_entropy(logits[:, 1:], targets - 1, reduction="none"), atol=1e-6)
+    want = torch.nn.functional.cross_entropy(logits if over_padding else logits[:, 1:], targets if over_padding else targets - 1, reduction="none")
+    got = ce(x0, items, targets)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(fused(x0, items, targets), want.mean(), atol=1e-5)
+    g_ce = torch.autograd.grad(got.mean(), (x0, items))
+    g_fused = torch.autograd.grad(fused(x0, items, targets), (x0, items))
+    for a, b in zip(g_ce, g_fused):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_batch_mean_loss_refuses_learning_sampler():
+    from diffrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="per-example"):
+        build_model(RunConfig(model=small_config(loss="ce_fused", timestep_sampler="loss_aware")), N)
 
 
 @pytest.mark.parametrize("name", PARTS["rounding"])
@@ -125,6 +142,16 @@ def test_rounding_recovers_an_item(name):
     scores = rounding.scores(items[ids], items)
     assert scores.shape == (3, N + 1)
     assert scores.argmax(1).tolist() == ids.tolist()
+    # top-k never returns padding or excluded ids, and agrees with the dense scores
+    exclude = torch.tensor([[0, 0], [7, 3], [30, 0]])
+    top_scores, top_ids = rounding.topk(items[ids], items, 4, exclude)
+    assert top_ids.shape == (3, 4)
+    for row in range(3):
+        banned = {0, *exclude[row].tolist()}
+        assert not banned & set(top_ids[row].tolist())
+        allowed = [i for i in range(N + 1) if i not in banned]
+        best = sorted(allowed, key=lambda i: (-scores[row, i].item(), i))[:4]
+        assert torch.allclose(scores[row, best], top_scores[row], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", PARTS["timestep_sampler"])

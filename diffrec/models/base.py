@@ -3,7 +3,8 @@
 - ``calculate_loss(batch) -> scalar``: the training objective of one batch;
 - ``predict(batch, items) -> (B, C)``: scores of given candidate ids;
 - ``full_sort_predict(batch, generator) -> (B, N + 1)``: scores of every id
-  (column 0 is padding; the evaluator decides whether it is ranked).
+  (column 0 is padding; the evaluator decides whether it is ranked);
+- ``recommend(batch, k, exclude, generator) -> (scores, ids)``: the top k.
 
 Models are built as ``Model(config, num_items)`` from a :class:`ModelConfig`.
 """
@@ -38,6 +39,14 @@ class Recommender(nn.Module):
     def predict(self, batch: Batch, items: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scores of candidate ids ``items`` (B, C); by default gathered from the full ranking."""
         return self.full_sort_predict(batch, generator).gather(1, items)  # (B, C)
+
+    @torch.no_grad()
+    def recommend(self, batch: Batch, k: int, exclude: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (scores, ids) per row, never the padding id nor the ids in ``exclude`` (B, L)."""
+        scores = self.full_sort_predict(batch, generator)  # (B, N + 1)
+        scores[:, 0] = float("-inf")
+        scores.scatter_(1, exclude, float("-inf"))
+        return torch.topk(scores, k, dim=1)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Non-parameter state to checkpoint (e.g. a learning timestep sampler)."""

@@ -22,7 +22,9 @@ from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
 from diffrec.kernels import noise_inject
 from diffrec.models.base import Recommender
-from diffrec.registry import registry, register
+from diffrec.errors import ConfigError
+from diffrec.registry import register, registry
+from diffrec.samplers import UniformSampler
 from diffrec.schedules import GaussianDiffusion
 
 
@@ -56,9 +58,12 @@ class DiffuRec(Recommender):
 
         schedule = registry("schedule").build_from(config.schedule)
         self.diffusion = GaussianDiffusion(schedule, config.diffusion_steps)
-        self.loss_fn = registry("loss").build_from(config.loss, over_padding=config.ce_over_padding, config=config)
-        self.rounding = registry("rounding").build_from(config.rounding, config=config)
+        backend = None if config.kernel_backend == "auto" else config.kernel_backend
+        self.loss_fn = registry("loss").build_from(config.loss, over_padding=config.ce_over_padding, backend=backend, config=config)
+        self.rounding = registry("rounding").build_from(config.rounding, backend=backend, config=config)
         self.timestep_sampler = registry("timestep_sampler").build_from(config.timestep_sampler, num_steps=config.diffusion_steps)
+        if not getattr(self.loss_fn, "per_example", True) and not isinstance(self.timestep_sampler, UniformSampler):
+            raise ConfigError(f"the {config.loss} loss gives only a batch mean; the {config.timestep_sampler} sampler needs per-example losses")
         self.reverse_sampler = registry("reverse_sampler").build_from(config.reverse_sampler, config=config)
 
     @property
@@ -82,11 +87,13 @@ class DiffuRec(Recommender):
         """x0_hat = f_theta(history, x_t, t): (B, d)."""
         x = x_t + self.step_mlp(timestep_embedding(self.diffusion.scale_timesteps(t), x_t.shape[-1]))  # (B, d)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        z = noise_inject(h, x, self.config.delta, seed, backend=self._backend(h))  # (B, L, d), Eq. 13
+        z = noise_inject(h, x, self.config.delta, seed, backend=self.backend)  # (B, L, d), Eq. 13
         rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
         return self.out_norm(self.out_dropout(rep))
 
-    def _backend(self, like: torch.Tensor) -> str | None:
+    @property
+    def backend(self) -> str | None:
+        """Kernel backend: None lets each op choose (Triton for CUDA tensors)."""
         return None if self.config.kernel_backend == "auto" else self.config.kernel_backend
 
     def diffuse_target(self, targets: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,9 @@ class DiffuRec(Recommender):
         t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)  # (B,), (B,)
         x_t = self.diffusion.add_noise(x0, torch.randn_like(x0), t)  # (B, d)
         x0_hat = self.denoise(h, batch, x_t, t)
-        losses = self.loss_fn(x0_hat, self.item_emb.weight, batch.target)  # (B,)
+        losses = self.loss_fn(x0_hat, self.item_emb.weight, batch.target)  # (B,), or () for a fused batch mean
+        if losses.dim() == 0:
+            return losses
         self.timestep_sampler.update(t, losses)
         return (losses * weights).mean()
 
@@ -119,6 +128,10 @@ class DiffuRec(Recommender):
     @torch.no_grad()
     def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.rounding.scores(self.reverse(batch, generator), self.item_emb.weight)  # (B, N + 1)
+
+    @torch.no_grad()
+    def recommend(self, batch: Batch, k: int, exclude: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rounding.topk(self.reverse(batch, generator), self.item_emb.weight, k, exclude)
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         return {f"timestep_sampler.{k}": v for k, v in self.timestep_sampler.state_dict().items()}

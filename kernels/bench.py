@@ -1,0 +1,501 @@
+"""Microbenchmarks of the fused kernels against unfused PyTorch (and faiss for CPU top-K).
+
+``run_benchmarks(ops, device, quick)`` returns one dict per (op, case, mode, provider) and
+``print_table(rows)`` renders them with rich. Measured, per row:
+
+* ``median_ms``: median wall time; ``triton.testing.do_bench`` (CUDA, median of its
+  repetitions) or ``time.perf_counter`` medians after a warm-up (CPU);
+* ``peak_mib``: extra memory of one call above the inputs. CUDA: ``max_memory_allocated``
+  minus the memory allocated before the call. CPU: the rise of the peak resident set size
+  (``VmHWM``, reset through ``/proc/self/clear_refs``) of a fresh subprocess during one call
+  made after a small warm-up call (``mem_method`` says which); CPU figures include allocator
+  and library buffers and count pages touched, not bytes requested;
+* ``gbps`` / ``tflops``: the *floor* traffic and work divided by the time: bytes that must be
+  read or written at least once (inputs read once, outputs written once) and ``2·B·N·d`` FLOPs
+  per score matrix (forward 1×, backward 2×); recomputation is not counted;
+* ``speedup``: the time of the ``torch`` (unfused) provider of the same case and mode divided
+  by this row's time (> 1 = faster than unfused PyTorch).
+
+Providers: ``diffrec`` (the op with ``backend=None``: Triton on CUDA, the PyTorch twin on
+CPU), ``diffrec-chunked`` (CPU top-K twin without faiss), ``torch`` (unfused PyTorch) and
+``faiss`` (CPU top-K: ``IndexFlatIP`` with BLAS forced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+OPS = ("noise_inject", "inner_product_topk", "linear_cross_entropy")
+_DTYPE = torch.float32
+_TOPK_K = 20
+
+
+# --------------------------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------------------------
+
+
+def _cases(op: str, device: str, quick: bool) -> list[dict]:
+    gpu = device.startswith("cuda")
+    if op == "noise_inject":
+        if quick:
+            shapes = [(256, 50, 128)] if not gpu else [(1024, 50, 128), (4096, 200, 128)]
+        elif gpu:
+            shapes = [(b, l, d) for b in (256, 1024, 4096) for l in (50, 200) for d in (64, 128, 256)]
+        else:
+            shapes = [(256, 50, 64), (256, 50, 128), (256, 50, 256), (1024, 50, 128)]
+        return [dict(B=b, L=l, d=d) for b, l, d in shapes]
+    if op == "inner_product_topk":
+        if quick:
+            shapes = [(512, 100_000, 128)] if not gpu else [(1024, 1_000_000, 128)]
+        elif gpu:
+            shapes = [(b, n, 128) for b in (1, 64, 1024, 4096) for n in (10_000, 100_000, 1_000_000, 10_000_000)]
+            shapes += [(1024, 1_000_000, 64), (1024, 1_000_000, 256)]
+        else:
+            shapes = [(1, 100_000, 128), (64, 100_000, 128), (512, 10_000, 128), (512, 100_000, 128),
+                      (512, 100_000, 64), (512, 100_000, 256), (512, 1_000_000, 128)]
+        return [dict(B=b, N=n, d=d, K=_TOPK_K) for b, n, d in shapes]
+    if op == "linear_cross_entropy":
+        if quick:
+            shapes = [(256, 100_000, 128)] if not gpu else [(1024, 1_000_000, 128)]
+        elif gpu:
+            shapes = [(b, n, 128) for b in (256, 1024, 4096) for n in (10_000, 100_000, 1_000_000)]
+            shapes += [(1024, 1_000_000, 64), (1024, 1_000_000, 256)]
+        else:
+            shapes = [(256, 10_000, 128), (256, 100_000, 128), (1024, 100_000, 64), (256, 1_000_000, 64)]
+        return [dict(B=b, N=n, d=d) for b, n, d in shapes]
+    raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
+
+
+def _providers(op: str, device: str) -> list[str]:
+    cpu = not device.startswith("cuda")
+    if op == "inner_product_topk":
+        return ["diffrec", "diffrec-chunked", "faiss", "torch"] if cpu else ["diffrec", "torch"]
+    return ["diffrec", "torch"]
+
+
+def _modes(op: str) -> list[str]:
+    return ["fwd"] if op == "inner_product_topk" else ["fwd", "bwd", "full"]
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmarked callables
+# --------------------------------------------------------------------------------------------
+
+
+def _inputs(op: str, case: dict, device: str) -> dict:
+    gen = torch.Generator(device=device).manual_seed(0)
+    kw = dict(device=device, dtype=_DTYPE, generator=gen)
+    if op == "noise_inject":
+        # h needs no gradient: dh = dz is a pass-through for every provider, and asking for it
+        # would only time autograd's copy of dz into the leaf's .grad
+        return dict(
+            h=torch.randn(case["B"], case["L"], case["d"], **kw),
+            x=torch.randn(case["B"], case["d"], **kw).requires_grad_(),
+        )
+    if op == "inner_product_topk":
+        return dict(q=torch.randn(case["B"], case["d"], **kw), e=torch.randn(case["N"], case["d"], **kw))
+    return dict(
+        q=torch.randn(case["B"], case["d"], **kw).mul_(0.1).requires_grad_(),
+        e=torch.randn(case["N"], case["d"], **kw).mul_(0.1).requires_grad_(),
+        t=torch.randint(0, case["N"], (case["B"],), device=device, generator=gen),
+    )
+
+
+def _forward_fn(op: str, provider: str, inp: dict, case: dict) -> Callable[[], object]:
+    """A zero-argument callable running the forward of ``provider`` (a loss/tensor for ops with backward)."""
+    from . import inner_product_topk, linear_cross_entropy, noise_inject
+    from .topk import chunked_topk, normalize_exclude
+
+    if op == "noise_inject":
+        h, x = inp["h"], inp["x"]
+        if provider == "diffrec":
+            return lambda: noise_inject(h, x, 0.001, 1234)
+        return lambda: h + torch.normal(0.001, 0.001, size=h.shape, device=h.device, dtype=h.dtype) * x[:, None, :]
+    if op == "inner_product_topk":
+        q, e, k = inp["q"], inp["e"], case["K"]
+        if provider == "diffrec":
+            return lambda: inner_product_topk(q, e, k)
+        if provider == "diffrec-chunked":
+            nothing = normalize_exclude(None, q.shape[0], e.shape[0], q.device)
+            return lambda: chunked_topk(q, e, k, nothing)
+        if provider == "faiss":
+            import faiss
+
+            index = faiss.IndexFlatIP(e.shape[1])
+            index.add(e.numpy())
+            qn = q.numpy()
+
+            def search():
+                default = faiss.cvar.distance_compute_blas_threshold
+                faiss.cvar.distance_compute_blas_threshold = 0  # BLAS for every batch size
+                try:
+                    return index.search(qn, k)
+                finally:
+                    faiss.cvar.distance_compute_blas_threshold = default
+
+            return search
+        return lambda: torch.topk(q @ e.T, k, dim=1)
+    q, e, t = inp["q"], inp["e"], inp["t"]
+    if provider == "diffrec":
+        return lambda: linear_cross_entropy(q, e, t)
+    return lambda: torch.nn.functional.cross_entropy(q @ e.T, t)
+
+
+def _mode_fn(op: str, provider: str, mode: str, inp: dict, case: dict) -> tuple[Callable[[], object], list]:
+    """Return (callable to time, tensors whose .grad to reset) for a mode."""
+    forward = _forward_fn(op, provider, inp, case)
+    leaves = [t for t in inp.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    if mode == "fwd":
+        return forward, leaves
+    out = forward()
+    grad = torch.randn_like(out) if op == "noise_inject" else torch.ones_like(out)
+    if mode == "bwd":
+        return (lambda: out.backward(grad, retain_graph=True)), leaves
+    return (lambda: forward().backward(grad)), leaves
+
+
+# --------------------------------------------------------------------------------------------
+# measurement
+# --------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_cpu_interleaved(fns: dict[str, tuple[Callable[[], object], list]], quick: bool) -> dict[str, float]:
+    """Median milliseconds per provider; one repetition of every provider per round.
+
+    Interleaving makes the ratios robust to load that comes and goes on a shared machine.
+    Rounds: at least 3, then until about 1 s (quick: 0.3 s) of the slowest provider, at most 15.
+    """
+    for fn, _ in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    budget = 0.3 if quick else 1.0
+    while True:
+        for name, (fn, leaves) in fns.items():
+            for leaf in leaves:
+                leaf.grad = None
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+        rounds = len(next(iter(times.values())))
+        slowest = max(sum(t) for t in times.values())
+        if rounds >= 15 or (rounds >= 3 and slowest >= budget):
+            break
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def _time_cuda(fn: Callable[[], object], leaves: list, quick: bool) -> float:
+    import triton.testing
+
+    return float(
+        triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
+                                grad_to_none=leaves or None, return_mode="median")
+    )
+
+
+def _peak_cuda(fn: Callable[[], object], leaves: list) -> float:
+    for leaf in leaves:
+        leaf.grad = None
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _measure_rss_in_this_process(spec: dict) -> float:
+    """Subprocess side of the CPU memory measurement: MiB of peak-RSS rise during one call."""
+    op, provider, mode, case = spec["op"], spec["provider"], spec["mode"], spec["case"]
+    small = dict(case, B=min(case["B"], 8))  # same op at a tiny size initialises the libraries
+    for key, limit in (("L", 8), ("N", 512)):
+        if key in small:
+            small[key] = min(small[key], limit)
+    warm_fn, _ = _mode_fn(op, provider, mode, _inputs(op, small, "cpu"), small)
+    warm_fn()
+    inp = _inputs(op, case, "cpu")
+    fn, _ = _mode_fn(op, provider, mode, inp, case)
+    gc.collect()
+    before = _reset_peak_rss()
+    fn()
+    return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the resident-set high-water mark (Linux >= 4.0) and return the current RSS in KiB.
+
+    ``ru_maxrss`` cannot be used: a child started by fork+exec inherits its parent's maximum.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return _proc_status_kib("VmHWM")  # cannot reset: measure the rise above the old peak
+    return _proc_status_kib("VmRSS")
+
+
+def _peak_cpu_subprocess(op: str, provider: str, mode: str, case: dict) -> float | None:
+    spec = json.dumps(dict(op=op, provider=provider, mode=mode, case=case))
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffrec.kernels.bench", "--measure-rss", spec],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    if proc.returncode != 0:
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def _floors(op: str, case: dict, mode: str) -> tuple[float, float]:
+    """(bytes, FLOPs) that any implementation must move / compute."""
+    size = torch.finfo(_DTYPE).bits // 8
+    if op == "noise_inject":
+        seq, vec = case["B"] * case["L"] * case["d"], case["B"] * case["d"]
+        fwd, bwd = (2 * seq + vec) * size, (seq + vec) * size  # read h, x, write z | read dz, write dx
+        return {"fwd": fwd, "bwd": bwd, "full": fwd + bwd}[mode], 0.0
+    b, n, d = case["B"], case["N"], case["d"]
+    if op == "inner_product_topk":
+        return (n * d + b * d) * size + b * case["K"] * 12, 2.0 * b * n * d
+    fwd_bytes, bwd_bytes = (n * d + b * d) * size + 8 * b, 2 * (n * d + b * d) * size
+    fwd_flops, bwd_flops = 2.0 * b * n * d, 4.0 * b * n * d
+    return {
+        "fwd": (fwd_bytes, fwd_flops),
+        "bwd": (bwd_bytes, bwd_flops),
+        "full": (fwd_bytes + bwd_bytes, fwd_flops + bwd_flops),
+    }[mode]
+
+
+def _backend_label(op: str, provider: str, device: str) -> str:
+    if provider in ("torch", "faiss"):
+        return provider
+    if provider == "diffrec-chunked":
+        return "torch twin (chunked)"
+    from .dispatch import resolve_backend
+
+    chosen = resolve_backend(None, torch.device(device), _DTYPE, op=op)
+    if chosen == "torch" and op == "inner_product_topk" and device == "cpu":
+        return "torch twin (faiss)"
+    return chosen if chosen == "triton" else "torch twin"
+
+
+def run_benchmarks(ops: list[str], device: str, quick: bool) -> list[dict]:
+    """Benchmark ``ops`` (names from :data:`OPS`) on ``device`` ("cpu" or "cuda[:i]").
+
+    ``quick`` runs one or two representative sizes per op with fewer repetitions. Returns one
+    dict per (op, case, mode, provider) with the fields described in the module docstring.
+    """
+    device = str(torch.device(device))
+    gpu = device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        raise RuntimeError("run_benchmarks: device 'cuda' requested but CUDA is not available")
+    rows: list[dict] = []
+    for op in ops:
+        for case in _cases(op, device, quick):
+            for mode in _modes(op):
+                case_rows = [
+                    dict(op=op, provider=provider, backend=_backend_label(op, provider, device), mode=mode,
+                         **case, dtype=str(_DTYPE).removeprefix("torch."), device=device,
+                         median_ms=None, peak_mib=None, mem_method=None, gbps=None, tflops=None,
+                         speedup=None, note="")
+                    for provider in _providers(op, device)
+                ]
+                if gpu:
+                    _measure_cuda(op, case, mode, case_rows, quick)
+                else:
+                    _measure_cpu(op, case, mode, case_rows, quick)
+                nbytes, flops = _floors(op, case, mode)
+                base = next((r["median_ms"] for r in case_rows if r["provider"] == "torch"), None)
+                for row in case_rows:
+                    if row["median_ms"]:
+                        row["gbps"] = nbytes / (row["median_ms"] * 1e-3) / 1e9
+                        row["tflops"] = flops / (row["median_ms"] * 1e-3) / 1e12 if flops else None
+                        if base:
+                            row["speedup"] = base / row["median_ms"]
+                rows.extend(case_rows)
+    return rows
+
+
+def _measure_cuda(op: str, case: dict, mode: str, case_rows: list[dict], quick: bool) -> None:
+    """One provider at a time (each with fresh inputs), so that out-of-memory stays local."""
+    for row in case_rows:
+        inp = fn = leaves = None
+        try:
+            inp = _inputs(op, case, row["device"])
+            fn, leaves = _mode_fn(op, row["provider"], mode, inp, case)
+            row["median_ms"] = _time_cuda(fn, leaves, quick)
+            row["peak_mib"] = _peak_cuda(fn, leaves)
+            row["mem_method"] = "cuda max_memory_allocated"
+        except torch.cuda.OutOfMemoryError:
+            row["note"] = "out of memory"
+        finally:
+            inp = fn = leaves = None
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def _measure_cpu(op: str, case: dict, mode: str, case_rows: list[dict], quick: bool) -> None:
+    """Shared inputs, interleaved timing, then one memory subprocess per provider."""
+    inp = _inputs(op, case, "cpu")
+    fns = {row["provider"]: _mode_fn(op, row["provider"], mode, inp, case) for row in case_rows}
+    medians = _time_cpu_interleaved(fns, quick)
+    fns = inp = None
+    gc.collect()
+    for row in case_rows:
+        row["median_ms"] = medians[row["provider"]]
+        row["peak_mib"] = _peak_cpu_subprocess(op, row["provider"], mode, case)
+        row["mem_method"] = "peak RSS rise of one call in a subprocess (VmHWM)"
+
+
+# --------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _shape(row: dict) -> str:
+    if row["op"] == "noise_inject":
+        return f"B={row['B']} L={row['L']} d={row['d']}"
+    extra = f" K={row['K']}" if "K" in row else ""
+    return f"B={row['B']} N={row['N']:.0e} d={row['d']}{extra}".replace("e+0", "e")
+
+
+def print_table(rows: list[dict], console=None) -> None:
+    """Render benchmark rows as a rich table (one per op)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    for op in dict.fromkeys(r["op"] for r in rows):
+        table = Table(title=f"{op} ({rows[0]['device']}, {rows[0]['dtype']})")
+        for column in ("shape", "mode", "provider", "backend", "median ms", "peak MiB", "GB/s", "TFLOP/s",
+                       "speedup vs torch", "note"):
+            table.add_column(column, justify="right" if column not in ("shape", "provider", "backend") else "left")
+        for r in (r for r in rows if r["op"] == op):
+            table.add_row(_shape(r), r["mode"], r["provider"], r["backend"], _fmt(r["median_ms"], ".2f"),
+                          _fmt(r["peak_mib"], ".1f"), _fmt(r["gbps"], ".1f"), _fmt(r["tflops"], ".3f"),
+                          _fmt(r["speedup"], ".2f"), r["note"])
+        console.print(table)
+    methods = sorted({r["mem_method"] for r in rows if r["mem_method"]})
+    if methods:
+        console.print(f"peak memory: {', '.join(methods)}; GB/s and TFLOP/s use floor traffic/work (see bench.py)")
+
+
+def rows_to_markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (for RESULTS files)."""
+    header = "| op | shape | mode | provider | backend | median ms | peak MiB | GB/s | TFLOP/s | speedup vs torch |"
+    lines = [header, "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['op']} | {_shape(r)} | {r['mode']} | {r['provider']} | {r['backend']} | "
+            f"{_fmt(r['median_ms'], '.2f')} | {_fmt(r['peak_mib'], '.1f')} | {_fmt(r['gbps'], '.1f')} | "
+            f"{_fmt(r['tflops'], '.3f')} | {_fmt(r['speedup'], '.2f')}{' ' + r['note'] if r['note'] else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def target_summary(rows: list[dict], peak_gbps: float | None = None) -> list[str]:
+    """One line per headline target of the issue (GPU targets; CPU: the top-K vs faiss target)."""
+    def find(op, provider, mode, **case):
+        for r in rows:
+            if r["op"] == op and r["provider"] == provider and r["mode"] == mode and all(
+                r.get(key) == val for key, val in case.items()
+            ):
+                return r
+        return None
+
+    def ratio(a, b, key):
+        if a is None or b is None or a.get(key) is None or b.get(key) in (None, 0):
+            return None
+        return a[key] / b[key]
+
+    lines = []
+    gpu = bool(rows) and rows[0]["device"].startswith("cuda")
+    if gpu:
+        case = dict(B=1024, N=1_000_000, d=128, K=20)
+        mine, ref = find("inner_product_topk", "diffrec", "fwd", **case), find("inner_product_topk", "torch", "fwd", **case)
+        speed = ratio(ref, mine, "median_ms")
+        lines.append(f"top-K B=1024 d=128 N=1e6 K=20: speedup vs torch matmul+topk = {_fmt(speed, '.2f')} (target >= 3)")
+        for r in rows:
+            if r["op"] == "noise_inject" and r["provider"] == "diffrec" and r["mode"] == "full":
+                ref = find("noise_inject", "torch", "full", B=r["B"], L=r["L"], d=r["d"])
+                share = f", {100 * r['gbps'] / peak_gbps:.0f}% of {peak_gbps:.0f} GB/s" if peak_gbps and r["gbps"] else ""
+                lines.append(
+                    f"noise fwd+bwd {_shape(r)}: {_fmt(r['gbps'], '.0f')} GB/s{share} (target >= 80% of HBM), "
+                    f"speedup vs unfused = {_fmt(ratio(ref, r, 'median_ms'), '.2f')} (target >= 2)"
+                )
+        for r in rows:
+            if r["op"] == "linear_cross_entropy" and r["provider"] == "diffrec" and r["mode"] == "full" \
+                    and r["N"] == 1_000_000:
+                ref = find("linear_cross_entropy", "torch", "full", B=r["B"], N=r["N"], d=r["d"])
+                lines.append(
+                    f"linear CE {_shape(r)}: peak memory / torch = {_fmt(ratio(r, ref, 'peak_mib'), '.3f')} "
+                    f"(target <= 0.1), time / torch = {_fmt(ratio(r, ref, 'median_ms'), '.2f')} (target <= 1)"
+                    + (f" [torch: {ref['note']}]" if ref and ref["note"] else "")
+                )
+    else:
+        case = dict(B=512, N=100_000, d=128, K=20)
+        mine, ref = find("inner_product_topk", "diffrec", "fwd", **case), find("inner_product_topk", "faiss", "fwd", **case)
+        if mine and ref:
+            lines.append(
+                f"CPU top-K B=512 d=128 N=1e5 K=20: faiss time / diffrec time = {_fmt(ratio(ref, mine, 'median_ms'), '.2f')} "
+                "(target >= 1)"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m diffrec.kernels.bench [--ops ...] [--device cpu|cuda] [--quick] [--json PATH] [--markdown PATH]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", help="also write the rows as JSON to this path")
+    parser.add_argument("--markdown", help="also write the rows as a Markdown table to this path")
+    parser.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth, for the summary")
+    parser.add_argument("--measure-rss", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure_rss:
+        print(f"{_measure_rss_in_this_process(json.loads(args.measure_rss)):.3f}")
+        return 0
+    rows = run_benchmarks(args.ops, args.device, args.quick)
+    print_table(rows)
+    for line in target_summary(rows, args.peak_gbps):
+        print(line)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(rows_to_markdown(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

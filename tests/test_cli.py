@@ -1,0 +1,141 @@
+import json
+import pathlib
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from diffrec.cli.main import app
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--epochs", "2", "--eval-every", "1", "--hidden-size", "32", "--num-blocks", "1", "--num-heads", "2", "--max-len", "20", "--batch-size", "256", "--emb-init-std", "0.05", "-q"]
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    err = result.stderr
+    assert "Traceback" not in err and "Traceback" not in result.stdout
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_run(trained):
+    final = json.loads((trained / "metrics.json").read_text())
+    assert final["epochs_run"] == 2 and final["protocol"] == "correct"
+    assert "HR@10" in final["test"] and "NDCG@20" in final["valid"]
+
+
+def test_config_replay_reproduces_the_run(trained, tmp_path):
+    out = tmp_path / "replay"
+    result = run("train", "--config", trained / "config.toml", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    a = json.loads((trained / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+
+
+def test_evaluate_is_repeatable_and_exports_topk(trained, tmp_path):
+    topk = tmp_path / "top.tsv"
+    result = run("evaluate", "--checkpoint", trained, "--json", "--save-topk", topk, "-k", "5")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics == json.loads((trained / "metrics.json").read_text())["test"]
+    lines = topk.read_text().splitlines()
+    assert lines[0] == "user\titems" and len(lines) == 2001
+    assert all(len(line.split("\t")[1].split()) == 5 for line in lines[1:])
+    again = run("evaluate", "--checkpoint", trained, "--save-topk", topk)
+    assert_clean_error(again, "exists")
+    official = run("evaluate", "--checkpoint", trained, "--json", "--eval-protocol", "official")
+    assert official.exit_code == 0 and json.loads(official.stdout)["protocol"] == "official"
+
+
+def test_recommend(trained):
+    result = run("recommend", "--checkpoint", trained, "--history", "12 55 301", "-k", "7", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["rank"] for r in rows] == list(range(1, 8))
+    items = [r["item"] for r in rows]
+    assert not {12, 55, 301} & set(items) and 0 not in items
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert_clean_error(run("recommend", "--checkpoint", trained, "--history", "12 99999"), "outside 1..500")
+    assert_clean_error(run("recommend", "--checkpoint", trained, "--history", "a b"), "--history")
+
+
+def test_list_and_stats():
+    result = run("list")
+    assert result.exit_code == 0
+    for name in ("trunc_lin", "transformer", "inner_product", "loss_aware", "ddpm", "diffurec"):
+        assert name in result.stdout
+    stats = run("data", "stats", "synthetic", "--json")
+    assert stats.exit_code == 0
+    s = json.loads(stats.stdout)
+    assert s["users"] == 2000 and s["items"] == 500 and 0 < s["sparsity"] < 1
+
+
+def test_plugin_part_trains_from_the_command_line(tmp_path):
+    out = tmp_path / "conv"
+    plugin = REPO / "examples" / "custom_approximator.py"
+    result = run("train", "--plugin", plugin, "--approximator", "conv", "--out", out, *TINY[:2], "--epochs", "1", *TINY[4:])
+    assert result.exit_code == 0, result.output
+    assert "examples/custom_approximator.py" in (out / "config.toml").read_text()
+    # the saved run remembers its plugin, so evaluation needs nothing more
+    assert run("evaluate", "--checkpoint", out, "--json").exit_code == 0
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, trained):
+    out = tmp_path / "x"
+    assert_clean_error(run("train", "--out", out, "--approximator", "lstm"), "unknown approximator 'lstm'", "transformer")
+    assert_clean_error(run("train", "--out", out, "--schedule", "cosin"), "valid choices")
+    assert_clean_error(run("train", "--out", out, "--data", tmp_path / "missing.txt"), "not found")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_clean_error(run("train", "--out", out, "--data", empty), "empty")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3 4\n2 5 x 7\n")
+    assert_clean_error(run("train", "--out", out, "--data", bad), "bad.txt:2")
+    evil = tmp_path / "dataset.pkl"
+    evil.write_bytes(pickle.dumps({"train": shutil.rmtree}))
+    assert_clean_error(run("train", "--out", out, "--data", evil), "shutil")
+    assert_clean_error(run("train", "--out", out, "--attention-mask", "diag"), "attention mask")
+    assert_clean_error(run("train", "--out", out, "--schedule", "linear", "--steps", "12"), "T = 12")
+    assert not out.exists()
+    assert_clean_error(run("train", "--out", trained, *TINY), "exists and is not empty")
+    assert (trained / "metrics.json").is_file()
+    assert_clean_error(run("evaluate", "--checkpoint", tmp_path), "not a diffrec run directory")
+    assert_clean_error(run("data", "stats", tmp_path / "nope.csv"), "not found")
+
+
+def test_nan_loss_exits_cleanly(tmp_path):
+    out = tmp_path / "nan"
+    result = run("train", "--out", out, *TINY, "--lr", "1e30", "--emb-init-std", "1e30")
+    assert_clean_error(result, "loss became")
+    assert not out.exists()
+
+
+def test_console_script_error_is_one_line(tmp_path):
+    exe = shutil.which("diffrec")
+    cmd = [exe] if exe else [sys.executable, "-m", "diffrec.cli.main"]
+    proc = subprocess.run([*cmd, "train", "--out", str(tmp_path / "o"), "--loss", "hinge"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown loss 'hinge'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffrec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from diffrec.data.synthetic import make_synthetic, popularity_hr_at_k
+from diffrec.errors import DiffrecError, TrainingDivergedError
+from diffrec.evaluation import evaluate
+from diffrec.trainer import Trainer, load_run_model
+
+
+def tiny_config(**train) -> RunConfig:
+    t = dict(epochs=2, batch_size=256, eval_every=1, patience=3, seed=3)
+    t.update(train)
+    return RunConfig(
+        model=ModelConfig(hidden_size=32, num_blocks=1, num_heads=2, max_len=20, emb_init_std=0.05),
+        train=TrainConfig(**t),
+        eval=EvalConfig(batch_size=256),
+    )
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    return make_synthetic(num_users=400, num_items=120, seed=1)
+
+
+@pytest.mark.slow
+def test_learns_the_planted_structure(tmp_path):
+    """DiffuRec on the synthetic data beats popularity by a wide margin within a few epochs."""
+    data = make_synthetic(num_users=1500, num_items=300, seed=0)
+    config = tiny_config(epochs=6, eval_every=3, batch_size=256)
+    config.model = ModelConfig(hidden_size=64, num_blocks=2, num_heads=2, max_len=20, emb_init_std=0.05)
+    final = Trainer(config, data, tmp_path / "run", show_progress=False).fit()
+    popularity = 100 * popularity_hr_at_k(data, 10)
+    assert final["test"]["HR@10"] > popularity + 20, (final["test"], popularity)
+    assert final["test"]["NDCG@10"] > 10
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["loss"] for line in lines]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
+def test_run_directory_and_repeatable_evaluation(tmp_path, small_data):
+    run = tmp_path / "run"
+    final = Trainer(tiny_config(), small_data, run, show_progress=False).fit()
+    for name in ("config.toml", "dataset.json", "model.safetensors", "last.safetensors", "trainer_state.json", "metrics.jsonl", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob("*.tmp"))
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(json.dumps(final))
+    assert set(final["test"]) == {f"{m}@{k}" for k in (5, 10, 20) for m in ("HR", "NDCG", "MRR")}
+    assert all(0 <= v <= 100 for v in final["test"].values())
+    config, model, _ = load_run_model(run, torch.device("cpu"))
+    again = evaluate(model, small_data, "test", config.eval, max_len=config.model.max_len, device=torch.device("cpu")).metrics
+    assert again == final["test"]  # seeded reverse process: the same numbers twice
+    other_seed = EvalConfig(batch_size=256, seed=99)
+    assert evaluate(model, small_data, "test", other_seed, max_len=20, device=torch.device("cpu")).metrics != final["test"]
+
+
+def test_padding_never_ranked_under_the_correct_protocol(tmp_path, small_data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
+    config, model, _ = load_run_model(run, torch.device("cpu"))
+    result = evaluate(model, small_data, "test", config.eval, max_len=20, device=torch.device("cpu"), save_topk=small_data.num_items)
+    assert result.topk.shape == (small_data.num_users, small_data.num_items)
+    assert (result.topk != 0).all()
+    official = EvalConfig(batch_size=256, protocol="official")
+    res_off = evaluate(model, small_data, "test", official, max_len=20, device=torch.device("cpu"), save_topk=small_data.num_items)
+    assert (res_off.topk == 0).any()  # the public code ranks the padding id like an item
+
+
+def test_resume_continues_exactly(tmp_path, small_data):
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(epochs=2), small_data, straight, show_progress=False).fit()
+    split = tmp_path / "split"
+    Trainer(tiny_config(epochs=1), small_data, split, show_progress=False).fit()
+    # continue the same run for one more epoch: the config must match, so rewrite the epoch budget
+    config = tiny_config(epochs=2)
+    config.save(split / "config.toml")
+    Trainer(config, small_data, split, show_progress=False).fit(resume=True)
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(split / "last.safetensors"))
+    for key in a:
+        if not key.startswith("rng"):
+            assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert len((split / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_existing_output_is_not_clobbered(tmp_path, small_data):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep")
+    with pytest.raises(DiffrecError, match="exists and is not empty"):
+        Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
+    assert (run / "precious.txt").read_text() == "keep"
+    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit(force=True)
+    assert not (run / "precious.txt").exists()
+
+
+def test_resume_refuses_other_options_or_data(tmp_path, small_data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
+    with pytest.raises(DiffrecError, match="options differ"):
+        Trainer(tiny_config(epochs=1, lr=0.5), small_data, run, show_progress=False).fit(resume=True)
+    other = make_synthetic(num_users=400, num_items=120, seed=2)
+    with pytest.raises(DiffrecError, match="data differs"):
+        Trainer(tiny_config(epochs=1), other, run, show_progress=False).fit(resume=True)
+    with pytest.raises(DiffrecError, match="not a run directory"):
+        Trainer(tiny_config(epochs=1), small_data, tmp_path / "nothing", show_progress=False).fit(resume=True)
+
+
+def test_nan_loss_stops_cleanly(tmp_path, small_data):
+    config = tiny_config(epochs=1, lr=1e30)
+    config.model.emb_init_std = 1e30
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="loss became"):
+        Trainer(config, small_data, run, show_progress=False).fit()
+    assert not run.exists()  # nothing half-written
+
+
+def test_warmup_and_step_schedule():
+    trainer_cfg = tiny_config(lr=1.0, warmup_steps=4, lr_step=2, lr_gamma=0.5)
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = trainer_cfg
+    assert [trainer.lr_at(0, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert trainer.lr_at(2, 10) == 0.5 and trainer.lr_at(5, 10) == 0.25
+    assert np.isclose(trainer.lr_at(4, 0), 0.25 * 0.25)
