@@ -106,6 +106,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "bucketing": ("train", "bucketing"),
     "device": ("train", "device"),
     "threads": ("train", "num_threads"),
+    "precision": ("train", "precision"),
     "eval_protocol": ("eval", "protocol"),
     "eval_batch_size": ("eval", "batch_size"),
     "eval_seed": ("eval", "seed"),
@@ -134,6 +135,27 @@ def build_config(config_file: Optional[pathlib.Path], plugins: list[str], overri
     return config.validate()
 
 
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings -> typed values (int, float, bool or str)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise DiffrecError(f"--option must look like KEY=VALUE, got {pair!r}")
+        value: Any = raw.strip()
+        if value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(value)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip()] = value
+    return out
+
+
 def print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
     splits = list(metrics)
     keys = list(next(iter(metrics.values())))
@@ -155,6 +177,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     plugin: list[str] = typer.Option([], "--plugin", help="Module or .py file that registers extra parts (repeatable)."),
+    option: list[str] = typer.Option([], "--option", help="Model-specific setting KEY=VALUE (repeatable), e.g. --option mask_prob=0.2."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     model: Optional[str] = typer.Option(None, help=choices("model")),
     approximator: Optional[str] = typer.Option(None, help=choices("approximator")),
@@ -191,6 +214,7 @@ def train(
     bucketing: Optional[bool] = typer.Option(None, "--bucketing/--no-bucketing", help="Length buckets with trimmed padding (on)."),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 (autocast training forward; evaluation stays fp32)."),
     eval_protocol: Optional[str] = typer.Option(None, help="correct (default) or official (public code)."),
     eval_batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size (512)."),
     eval_seed: Optional[int] = typer.Option(None, help="Seed of the reverse process at evaluation (0)."),
@@ -204,6 +228,7 @@ def train(
     if resume and config is None and (out / "config.toml").is_file():
         config = out / "config.toml"
     cfg = build_config(config, plugin, params)
+    cfg.model.options.update(parse_options(option))
     dataset = open_dataset(cfg.data)
     stats = dataset.stats()
     console.print(
@@ -391,6 +416,110 @@ def data_stats(
     table.add_row("sparsity", f"{100 * stats['sparsity']:.4f}%")
     table.add_row("training examples", f"{stats['train_examples']:,}")
     console.print(table)
+
+
+@app.command()
+@handle_errors
+def reproduce(
+    dataset: str = typer.Option(..., help="beauty, toys or ml-1m."),
+    models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
+    seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
+    recipe: str = typer.Option("paper", help="paper (the public code's schedule) or fast (named convergence options)."),
+    data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
+    out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
+) -> None:
+    """Train every model preset over seeds on a shipped dataset and tabulate against the paper."""
+    from diffrec import reproduce as rep
+
+    if list_presets:
+        for name, preset in rep.PRESETS.items():
+            console.print(f"{name:18s} {preset.description}", highlight=False)
+        return
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for name in names:
+        if name not in rep.PRESETS:
+            raise DiffrecError(f"unknown model preset {name!r}; valid choices: {', '.join(rep.PRESETS)}")
+    if seeds < 1:
+        raise DiffrecError("--seeds must be >= 1")
+    if not (data_root / dataset).exists():
+        raise DiffrecError(f"dataset folder not found: {data_root / dataset}")
+    load_builtin_parts()
+    for name in names:
+        registry("model").get(rep.PRESETS[name].model)
+
+    def apply(config) -> None:
+        if epochs is not None:
+            config.train.epochs = epochs
+        if device is not None:
+            config.train.device = device
+        if threads is not None:
+            config.train.num_threads = threads
+        if precision is not None:
+            config.train.precision = precision
+
+    summary = rep.reproduce(
+        dataset,
+        models=names,
+        seeds=[1997 + i for i in range(seeds)],
+        data_root=data_root,
+        out_dir=out,
+        recipe=recipe,
+        overrides=apply,
+        show_progress=not quiet and console.is_terminal,
+        log=lambda line: console.print(line, highlight=False),
+    )
+    console.print(rep.markdown_table(summary), highlight=False)
+    console.print(f"summary written to {out / (dataset + '.json')}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def plot(
+    run: pathlib.Path = typer.Option(..., "--run", help="A run directory."),
+    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default: RUN/curves.png)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the PNG."),
+) -> None:
+    """Plot training loss and validation HR@10/NDCG@10 per epoch."""
+    from diffrec.plots import plot_run
+
+    target = out or run / "curves.png"
+    if target.exists() and not force:
+        raise DiffrecError(f"{target} exists (use --force to overwrite)")
+    console.print(f"wrote {plot_run(run, target)}", highlight=False)
+
+
+@bench_app.command("kernels")
+@handle_errors
+def bench_kernels(
+    op: list[str] = typer.Option([], "--op", help="Ops to run (repeatable): noise_inject, inner_product_topk, linear_cross_entropy; default all."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    quick: bool = typer.Option(False, "--quick", help="One or two sizes per op, fewer repetitions."),
+    output_json: Optional[pathlib.Path] = typer.Option(None, "--json", help="Also write the rows as JSON."),
+) -> None:
+    """Median time, peak memory, GB/s and TFLOP/s of the fused kernels against unfused PyTorch (and faiss on CPU)."""
+    import torch
+
+    from diffrec.kernels.bench import OPS, print_table, run_benchmarks
+
+    unknown = [o for o in op if o not in OPS]
+    if unknown:
+        raise DiffrecError(f"unknown op {unknown[0]!r}; valid choices: {', '.join(OPS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffrecError("device 'cuda' was requested but CUDA is not available")
+    if output_json is not None and output_json.exists():
+        raise DiffrecError(f"{output_json} exists; choose another path")
+    rows = run_benchmarks(list(op) or list(OPS), device, quick)
+    print_table(rows, console)
+    if output_json is not None:
+        output_json.write_text(json.dumps(rows, indent=2))
 
 
 def main() -> None:

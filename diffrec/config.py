@@ -24,6 +24,7 @@ from diffrec.errors import DiffrecError
 
 ATTENTION_MASKS = ("official", "key_padding", "causal")
 EVAL_PROTOCOLS = ("correct", "official")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -57,6 +58,8 @@ class ModelConfig:
     ce_over_padding: bool = True
     #: kernel backend for noise injection / rounding / fused CE: "auto", "torch" or "triton"
     kernel_backend: str = "torch"
+    #: model-specific settings of parts outside this list (e.g. a baseline's mask probability)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.attention_mask not in ATTENTION_MASKS:
@@ -97,8 +100,12 @@ class TrainConfig:
     bucketing: bool = True
     device: str = "auto"
     num_threads: int = 0
+    #: "fp32" (the public code) or "bf16" (autocast of the training forward; evaluation stays fp32)
+    precision: str = "fp32"
 
     def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise DiffrecError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
         for name in ("epochs", "batch_size", "eval_every", "patience", "lr_step"):
             if getattr(self, name) < 1:
                 raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -202,6 +209,6 @@ def _section(section_cls: type, value: Any, name: str) -> Any:
         expected = type(getattr(defaults, key))
         if expected is float and isinstance(v, int) and not isinstance(v, bool):
             value[key] = float(v)
-        elif expected is not type(v) and not (expected is list and isinstance(v, list)):
+        elif expected is not type(v) and not (expected in (list, dict) and isinstance(v, expected)):
             raise DiffrecError(f"[{name}] {key} must be {expected.__name__}, got {type(v).__name__}")
     return section_cls(**value)

@@ -66,6 +66,8 @@ class TrainState:
     step: int = 0
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
+    #: validation metrics of the saved best model (evaluation is seeded, so they need no re-run)
+    best_valid: dict[str, float] = field(default_factory=dict)
     bad_evals: int = 0
     stopped_early: bool = False
     epoch_seconds: list[float] = field(default_factory=list)
@@ -165,7 +167,8 @@ class Trainer:
             batch = batch.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(epoch, self.state.step)
-            loss = self.model.calculate_loss(batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                loss = self.model.calculate_loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
@@ -214,6 +217,7 @@ class Trainer:
                 if improved:
                     self.state.best = {k: max(v, self.state.best.get(k, -math.inf)) for k, v in valid.items()}
                     self.state.best_epoch = epoch + 1
+                    self.state.best_valid = valid
                     self.state.bad_evals = 0
                     ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST))
                 else:
@@ -231,7 +235,7 @@ class Trainer:
         best = self.run.file(ckpt.BEST)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
         common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress)
-        valid = evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
+        valid = self.state.best_valid or evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
         test = evaluate(self.model, self.data, "test", self.config.eval, **common).metrics
         final = {
             "valid": valid,

@@ -14,7 +14,13 @@ imports Triton; the Triton kernels load on their first use.
 """
 
 from ._triton_available import interpreter_enabled, triton_available
-from .dispatch import BACKENDS, ENV_VAR, BackendUnavailableError, KernelInputError, resolve_backend
+from .dispatch import (
+    BACKENDS,
+    ENV_VAR,
+    BackendUnavailableError,
+    KernelInputError,
+    resolve_backend,
+)
 from .linear_ce import linear_cross_entropy
 from .noise import noise_inject
 from .topk import inner_product_topk

@@ -29,8 +29,6 @@ from ._triton_available import is_interpreted
 from .dispatch import BackendUnavailableError
 
 _LOW32 = 0xFFFFFFFF
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
 _EXCLUDE_CHUNK = 16  # per-query exclusion ids compared per step
 
 
@@ -49,7 +47,8 @@ def _topk_kernel(
     n_queries, n_items, dim, n_excl, items_per_split,
     K: tl.constexpr, KP: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_EXCL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_EXCL: tl.constexpr, EXCL_CHUNK: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), splits); writes out[split, rows, :K] (unsorted int64 keys)."""
     pid_b = tl.program_id(0)
@@ -96,12 +95,12 @@ def _topk_kernel(
             if HAS_EXCL:
                 best_id = 4294967295 - (best & 4294967295)  # (BB,)
                 hit = tl.zeros((BLOCK_B,), dtype=tl.int32)
-                for l0 in range(0, n_excl, 16):
-                    lidx = l0 + tl.arange(0, 16)
+                for l0 in range(0, n_excl, EXCL_CHUNK):
+                    lidx = l0 + tl.arange(0, EXCL_CHUNK)
                     banned_ids = tl.load(
                         excl_ptr + rows[:, None].to(tl.int64) * n_excl + lidx[None, :],
                         mask=row_mask[:, None] & (lidx < n_excl)[None, :], other=-1,
-                    )  # (BB, 16)
+                    )  # (BB, EXCL_CHUNK)
                     hit += tl.sum((banned_ids == best_id[:, None]).to(tl.int32), axis=1)
                 take = take & (hit == 0)
             keys = tl.where(take[:, None] & (keys == threshold[:, None]), best[:, None], keys)
@@ -185,6 +184,7 @@ def triton_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion, s
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d,
         HAS_MASK=exclusion.shared is not None,
         HAS_EXCL=exclusion.per_query is not None and exclusion.per_query.shape[1] > 0,
+        EXCL_CHUNK=_EXCLUDE_CHUNK,
         UPCAST=queries.dtype == torch.bfloat16 and interpreted,
         PRECISION=_precision(queries.dtype),
     )

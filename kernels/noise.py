@@ -15,7 +15,13 @@ import math
 
 import torch
 
-from .dispatch import KernelInputError, check_float_tensor, check_int, check_same, resolve_backend
+from .dispatch import (
+    KernelInputError,
+    check_float_tensor,
+    check_int,
+    check_same,
+    resolve_backend,
+)
 
 _OP = "noise_inject"
 _MAX_SEED = 2**63 - 1

@@ -25,17 +25,26 @@ CPU tensors when faiss is importable (it never writes the score matrix and measu
 than any chunked PyTorch variant on CPU); faiss breaks ties differently, so the twin asks faiss
 for ``k + 1`` results and recomputes, exactly, every query whose k-th and (k+1)-th scores
 are equal. Other dtypes/devices use a chunked matmul with a running top-K (memory O(B·chunk)).
+faiss' speed collapses when other processes keep the cores busy (see benchmarks/RESULTS.md);
+``diffrec.kernels.topk.USE_FAISS = False`` switches the float32 CPU path to the chunked matmul.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .dispatch import KernelInputError, check_float_tensor, check_int, check_same, resolve_backend
+from .dispatch import (
+    KernelInputError,
+    check_float_tensor,
+    check_int,
+    check_same,
+    resolve_backend,
+)
 
 _OP = "inner_product_topk"
 _CHUNK_ELEMENTS = 1 << 22  # B·chunk scores per step of the chunked twin (16 MiB in float32)
 TRITON_MAX_K = 256
+USE_FAISS = True  # set False to make the float32 CPU twin use the chunked matmul instead of faiss
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -82,7 +91,7 @@ class Exclusion:
     def empty(self) -> bool:
         return self.shared is None and self.per_query is None
 
-    def rows(self, rows: torch.Tensor) -> "Exclusion":
+    def rows(self, rows: torch.Tensor) -> Exclusion:
         """The exclusion restricted to a subset of queries."""
         sub = Exclusion.__new__(Exclusion)
         sub.shared = self.shared
@@ -235,7 +244,7 @@ def torch_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PyTorch twin (faiss for float32 CPU when available, chunked matmul otherwise)."""
     queries, items = queries.detach(), items.detach()
-    if queries.device.type == "cpu" and queries.dtype == torch.float32:
+    if USE_FAISS and queries.device.type == "cpu" and queries.dtype == torch.float32:
         faiss = _faiss_module()
         if faiss is not None:
             return faiss_topk(faiss, queries.contiguous(), items.contiguous(), k, exclusion)

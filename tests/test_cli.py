@@ -139,3 +139,14 @@ def test_console_script_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown loss 'hinge'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_plot_curves(trained, tmp_path):
+    png = tmp_path / "curves.png"
+    result = run("plot", "--run", trained, "--out", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_clean_error(run("plot", "--run", trained, "--out", png), "exists")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_error(run("plot", "--run", empty), "not found")

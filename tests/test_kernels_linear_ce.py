@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from diffrec.kernels import KernelInputError, linear_cross_entropy
 from diffrec.kernels._triton_available import interpreter_enabled
 from diffrec.kernels.linear_ce import TorchLinearCrossEntropy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from diffrec.kernels import KernelInputError, noise_inject
 from diffrec.kernels._triton_available import interpreter_enabled
 
@@ -25,7 +24,7 @@ def device_for(backend: str) -> str:
 
 def lambdas(shape, delta, seed, backend, device, dtype=torch.float32):
     """λ as drawn by a backend: inject into h = 0 with x = 1."""
-    batch, seq_len, dim = shape
+    batch, _seq_len, dim = shape
     h = torch.zeros(shape, device=device, dtype=dtype)
     x = torch.ones(batch, dim, device=device, dtype=dtype)
     return noise_inject(h, x, delta, seed, backend=backend)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from diffrec.kernels import KernelInputError, inner_product_topk
 from diffrec.kernels._triton_available import interpreter_enabled
 from diffrec.kernels.topk import chunked_topk, normalize_exclude
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def triton_device() -> str:
@@ -110,7 +109,7 @@ def test_triton_exclusions_and_split_merge():
     history = history.to(device)
     for exclude in (0, torch.tensor([0, 5, 9, 9, -1], device=device), history):
         ref_v, ref_i = reference(queries, items, 20, exclude)
-        scores, ids = inner_product_topk(queries, items, 20, exclude=exclude, backend="triton")
+        _scores, ids = inner_product_topk(queries, items, 20, exclude=exclude, backend="triton")
         assert torch.equal(ids.cpu(), ref_i)
         exclusion = normalize_exclude(exclude, 24, 700, queries.device)
         split_scores, split_ids = triton_topk(queries, items, 20, exclusion, splits=3)
@@ -205,7 +204,7 @@ def test_torch_twin_matches_reference(problem, k_fraction, dtype):
     assert torch.equal(scores.double(), ref_v)
     # the chunked path with tiny chunks exercises the running merge
     exclusion = normalize_exclude(exclude, batch, n_items, queries.device)
-    chunk_v, chunk_i = chunked_topk(queries, items, k, exclusion, chunk=max(k, 7))
+    _chunk_v, chunk_i = chunked_topk(queries, items, k, exclusion, chunk=max(k, 7))
     assert torch.equal(chunk_i, ref_i)
     if allowed < n_items or k < n_items:
         with pytest.raises(ValueError, match="allowed items|larger than the number of items"):
@@ -221,6 +220,17 @@ def test_torch_twin_random_data_and_large_catalogue():
     exclusion = normalize_exclude(None, 33, 70_001, queries.device)
     chunk_v, chunk_i = chunked_topk(queries, items, 20, exclusion)
     check_near_ties(queries, items, 20, chunk_v, chunk_i, tol=1e-4)
+
+
+def test_float32_cpu_without_faiss(monkeypatch):
+    from diffrec.kernels import topk
+
+    monkeypatch.setattr(topk, "USE_FAISS", False)
+    queries, items = small_int_data(7, 3000, 6, seed=12)
+    history = torch.randint(0, 3000, (7, 12), generator=torch.Generator().manual_seed(13))
+    _, ref_i = reference(queries, items, 25, history)
+    _, ids = inner_product_topk(queries, items, 25, exclude=history, backend="torch")
+    assert torch.equal(ids, ref_i)
 
 
 def test_all_scores_tied_returns_lowest_indices():

@@ -1,0 +1,220 @@
+"""Reproduction of the paper's Table 2 under one protocol: models x seeds on a shipped dataset.
+
+Each (model, seed) run lives in its own run directory, so a reproduction that is
+interrupted continues where it stopped (finished runs are reused, unfinished ones
+resumed). The summary holds, per model, the per-seed and aggregated (mean, std)
+validation and test metrics in percent, a paired t-test of DiffuRec against each other
+model over the seeds, the commands, the git SHA, the machine and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from diffrec import checkpoint as ckpt
+from diffrec.config import RunConfig
+from diffrec.data import load_dataset
+from diffrec.errors import DiffrecError
+
+DATASETS = ("beauty", "toys", "ml-1m")
+
+#: The paper's Table 2 (percent, full ranking), from the reference notes.
+PAPER = {
+    "beauty": {
+        "diffurec": {"HR@5": 5.5758, "HR@10": 7.9068, "HR@20": 11.1098, "NDCG@5": 4.0047, "NDCG@10": 4.7494, "NDCG@20": 5.5566},
+        "sasrec": {"HR@5": 3.2688, "HR@10": 6.2648, "HR@20": 8.9791, "NDCG@5": 2.3989, "NDCG@10": 3.2305, "NDCG@20": 3.6563},
+        "stosa": {"HR@5": 3.5457, "HR@10": 6.2048, "HR@20": 9.5939, "NDCG@5": 2.5554, "NDCG@10": 3.2085, "NDCG@20": 3.7609},
+    },
+    "toys": {
+        "diffurec": {"HR@5": 5.5650, "HR@10": 7.4587, "HR@20": 9.8417, "NDCG@5": 4.1667, "NDCG@10": 4.7724, "NDCG@20": 5.3684},
+        "sasrec": {"HR@5": 4.5333, "HR@10": 6.5496, "HR@20": 9.2263, "NDCG@5": 3.0105, "NDCG@10": 3.7533, "NDCG@20": 4.3323},
+    },
+    "ml-1m": {
+        "diffurec": {"HR@5": 17.9659, "HR@10": 26.2647, "HR@20": 36.7870, "NDCG@5": 12.1150, "NDCG@10": 14.7909, "NDCG@20": 17.4386},
+        "sasrec": {"HR@5": 9.3812, "HR@10": 16.8941, "HR@20": 28.3180, "NDCG@5": 5.3165, "NDCG@10": 7.7277, "NDCG@20": 10.5946},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model setting: the model's registry name plus ModelConfig overrides."""
+
+    model: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "diffurec": Preset("diffurec", (), "DiffuRec with the public code's settings"),
+    "diffurec-lambda0": Preset("diffurec", (("delta", 0.0),), "control: lambda = 0, the noised target never reaches the approximator"),
+    "diffurec-1step": Preset("diffurec", (("reverse_sampler", "one_step"),), "control: a single reverse step at evaluation"),
+    "diffurec-keypad": Preset("diffurec", (("attention_mask", "key_padding"),), "control: padding keys masked"),
+    "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
+    "sasrec-ce": Preset("sasrec", (("loss", "ce"),), "SASRec trained with full-catalogue cross-entropy"),
+    "gru4rec": Preset("gru4rec", (("loss", "bpr"),), "GRU4Rec, ranking loss with sampled negatives"),
+    "gru4rec-ce": Preset("gru4rec", (("loss", "ce"),), "GRU4Rec, full-catalogue cross-entropy"),
+    "bert4rec": Preset("bert4rec", (("loss", "ce"),), "BERT4Rec, cloze objective"),
+    "caser": Preset("caser", (("loss", "bce"),), "Caser, BCE with sampled negatives"),
+    "caser-ce": Preset("caser", (("loss", "ce"),), "Caser, full-catalogue cross-entropy"),
+    "stosa": Preset("stosa", (("loss", "bpr"),), "STOSA, Wasserstein attention, BPR"),
+}
+
+#: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"model": {}, "train": {}},
+    "fast": {
+        "model": {"emb_init_std": 0.05},
+        "train": {"epochs": 30, "eval_every": 3, "patience": 2},
+    },
+}
+
+#: Dataset-specific settings of the paper (max_len 200 for ML-1M).
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {"beauty": {"max_len": 50}, "toys": {"max_len": 50}, "ml-1m": {"max_len": 200}}
+
+
+def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: str) -> RunConfig:
+    if name not in PRESETS:
+        raise DiffrecError(f"unknown model preset {name!r}; valid choices: {', '.join(PRESETS)}")
+    if recipe not in RECIPES:
+        raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+    preset = PRESETS[name]
+    config = RunConfig()
+    config.model.model = preset.model
+    for key, value in {**DATASET_SETTINGS[dataset], **RECIPES[recipe]["model"], **dict(preset.overrides)}.items():
+        setattr(config.model, key, value)
+    for key, value in RECIPES[recipe]["train"].items():
+        setattr(config.train, key, value)
+    config.train.seed = seed
+    config.data.path = data_path
+    return config.validate()
+
+
+def paired_t_test(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of a paired t-test (None with fewer than two pairs or zero variance)."""
+    if len(a) < 2 or len(a) != len(b):
+        return None
+    from scipy import stats
+
+    diff = np.asarray(a) - np.asarray(b)
+    if np.allclose(diff, diff[0]):
+        return None
+    return float(stats.ttest_rel(a, b).pvalue)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=pathlib.Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.system()} {cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = per_seed[0].keys()
+    return {k: {"mean": float(np.mean([r[k] for r in per_seed])), "std": float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0} for k in keys}
+
+
+def reproduce(
+    dataset: str,
+    *,
+    models: list[str],
+    seeds: list[int],
+    data_root: pathlib.Path,
+    out_dir: pathlib.Path,
+    recipe: str = "paper",
+    overrides: Callable[[RunConfig], None] | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train (or reuse) every (model, seed) run and write ``out_dir/<dataset>.json``."""
+    from diffrec.trainer import Trainer
+
+    if dataset not in DATASETS:
+        raise DiffrecError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
+    data_path = data_root / dataset
+    data = load_dataset(data_path)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "dataset": dataset,
+        "recipe": recipe,
+        "seeds": seeds,
+        "unit": "percent",
+        "protocol": "correct",
+        "git_sha": git_sha(),
+        "machine": machine(),
+        "models": {},
+        "paper": PAPER.get(dataset, {}),
+    }
+    for name in models:
+        entry: dict[str, Any] = {"preset": PRESETS[name].description if name in PRESETS else "", "runs": []}
+        for seed in seeds:
+            config = preset_config(name, dataset, recipe, seed, str(data_path))
+            if overrides is not None:
+                overrides(config)
+                config.validate()
+            run_dir = out_dir / "runs" / dataset / name / f"seed{seed}"
+            run = ckpt.RunDir(run_dir)
+            command = f"diffrec train --config {run_dir / ckpt.CONFIG} --out {run_dir}"
+            if run.file(ckpt.FINAL).is_file():
+                final = run.read_json(ckpt.FINAL)
+                log(f"{name} seed {seed}: reusing {run_dir}")
+            else:
+                resume = run.file(ckpt.LAST).is_file()
+                if resume:
+                    config = run.config()
+                log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
+                t0 = time.perf_counter()
+                final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume)
+                final["wall_seconds"] = time.perf_counter() - t0
+                run.write_json(ckpt.FINAL, final)
+            entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
+        entry["test"] = aggregate([r["test"] for r in entry["runs"]])
+        entry["valid"] = aggregate([r["valid"] for r in entry["runs"]])
+        summary["models"][name] = entry
+    reference = next((m for m in models if PRESETS.get(m, Preset("")).model == "diffurec"), None)
+    if reference is not None:
+        ref_runs = summary["models"][reference]["runs"]
+        for name, entry in summary["models"].items():
+            if name == reference:
+                continue
+            entry["t_test_vs_" + reference] = {
+                key: paired_t_test([r["test"][key] for r in ref_runs], [r["test"][key] for r in entry["runs"]])
+                for key in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+            }
+    summary["wall_seconds"] = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(out_dir / f"{dataset}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+    lines = [
+        f"| model | seeds | {' | '.join(keys)} | p (HR@10 vs DiffuRec) |",
+        "|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for name, entry in summary["models"].items():
+        cells = [f"{entry['test'][k]['mean']:.2f} ± {entry['test'][k]['std']:.2f}" for k in keys]
+        p = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {}).get("HR@10")
+        lines.append(f"| {name} | {len(entry['runs'])} | {' | '.join(cells)} | {'n/a' if p is None else f'{p:.3g}'} |")
+    for name, row in summary.get("paper", {}).items():
+        lines.append(f"| paper: {name} | 5 | {' | '.join(f'{row[k]:.2f}' for k in keys)} | |")
+    return "\n".join(lines)
