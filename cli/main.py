@@ -231,10 +231,11 @@ def train(
     cfg.model.options.update(parse_options(option))
     dataset = open_dataset(cfg.data)
     stats = dataset.stats()
+    m = cfg.model
+    parts = f"{m.approximator}, {m.schedule}, T={m.diffusion_steps}, {m.loss}, {m.rounding}" if m.model == "diffurec" else f"loss {m.loss}"
     console.print(
         f"[bold]{dataset.name}[/]: {stats['users']:,} users, {stats['items']:,} items, "
-        f"{stats['train_examples']:,} training examples; model {cfg.model.model} "
-        f"({cfg.model.approximator}, {cfg.model.schedule}, T={cfg.model.diffusion_steps}, {cfg.model.loss}, {cfg.model.rounding})",
+        f"{stats['train_examples']:,} training examples; model {m.model} ({parts})",
         highlight=False,
     )
 

@@ -147,6 +147,7 @@ _BUILTIN_MODULES = (
     "diffrec.schedules",
     "diffrec.approximators",
     "diffrec.losses",
+    "diffrec.sampled_losses",
     "diffrec.rounding",
     "diffrec.samplers",
     "diffrec.models",

@@ -64,9 +64,11 @@ PRESETS: dict[str, Preset] = {
     "gru4rec": Preset("gru4rec", (("loss", "bpr"),), "GRU4Rec, ranking loss with sampled negatives"),
     "gru4rec-ce": Preset("gru4rec", (("loss", "ce"),), "GRU4Rec, full-catalogue cross-entropy"),
     "bert4rec": Preset("bert4rec", (("loss", "ce"),), "BERT4Rec, cloze objective"),
+    "bert4rec-ce": Preset("bert4rec", (("loss", "ce"), ("options", {"objective": "next"})), "BERT4Rec trained on the next item with full cross-entropy"),
     "caser": Preset("caser", (("loss", "bce"),), "Caser, BCE with sampled negatives"),
     "caser-ce": Preset("caser", (("loss", "ce"),), "Caser, full-catalogue cross-entropy"),
-    "stosa": Preset("stosa", (("loss", "bpr"),), "STOSA, Wasserstein attention, BPR"),
+    "stosa": Preset("stosa", (("loss", "bpr"),), "STOSA, Wasserstein attention, BPR plus its distance regulariser"),
+    "stosa-ce": Preset("stosa", (("loss", "ce"), ("options", {"objective": "next"})), "STOSA trained with full cross-entropy on -W2 scores"),
 }
 
 #: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options.
@@ -91,7 +93,7 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
     config = RunConfig()
     config.model.model = preset.model
     for key, value in {**DATASET_SETTINGS[dataset], **RECIPES[recipe]["model"], **dict(preset.overrides)}.items():
-        setattr(config.model, key, value)
+        setattr(config.model, key, dict(value) if isinstance(value, dict) else value)
     for key, value in RECIPES[recipe]["train"].items():
         setattr(config.train, key, value)
     config.train.seed = seed

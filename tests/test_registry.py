@@ -7,11 +7,11 @@ from diffrec.registry import KINDS, Registry, UnknownPartError, list_parts, load
 EXPECTED = {
     "schedule": {"linear", "cosine", "sqrt", "trunc_lin", "trunc_cos", "pw_lin"},
     "approximator": {"transformer", "gru", "mlp"},
-    "loss": {"ce", "mse"},
+    "loss": {"ce", "ce_fused", "mse", "bce", "bpr"},
     "rounding": {"inner_product", "l2", "cosine"},
     "timestep_sampler": {"uniform", "loss_aware"},
-    "reverse_sampler": {"ddpm"},
-    "model": {"diffurec"},
+    "reverse_sampler": {"ddpm", "one_step"},
+    "model": {"diffurec", "sasrec", "gru4rec", "bert4rec", "caser", "stosa"},
 }
 
 

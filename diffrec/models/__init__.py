@@ -1,6 +1,11 @@
-"""Recommender models (``model`` registry)."""
+"""Recommender models (``model`` registry): DiffuRec and same-protocol baselines."""
 
 from diffrec.models.base import Recommender
+from diffrec.models.bert4rec import BERT4Rec
+from diffrec.models.caser import Caser
 from diffrec.models.diffurec import DiffuRec
+from diffrec.models.gru4rec import GRU4Rec
+from diffrec.models.sasrec import SASRec
+from diffrec.models.stosa import STOSA
 
-__all__ = ["DiffuRec", "Recommender"]
+__all__ = ["BERT4Rec", "Caser", "DiffuRec", "GRU4Rec", "Recommender", "SASRec", "STOSA"]
