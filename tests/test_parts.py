@@ -69,7 +69,7 @@ def reference_official_attention(block, x, mask):
     B, L, d = x.shape
     h = block.ln1(x)
     q, k, v = attn.qkv(h).view(B, L, 3, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
-    corr = q @ k.transpose(-2, -1) / (d // attn.heads) ** 0.5
+    corr = q @ k.transpose(-2, -1) / (d // attn.heads) ** 0.5  # (B, H, L, L)
     rows = mask[:, None, :, None].expand_as(corr)
     corr = corr.masked_fill(~rows, -1e9)
     y = (torch.softmax(corr, -1) @ v).transpose(1, 2).reshape(B, L, d)

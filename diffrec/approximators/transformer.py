@@ -24,6 +24,7 @@ from torch import nn
 
 from diffrec.approximators.base import Approximator
 from diffrec.config import ModelConfig
+from diffrec.layers import Dropout
 from diffrec.registry import register
 
 
@@ -56,19 +57,19 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
+        self.p = dropout
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
-        self.dropout = nn.Dropout(dropout)
         nn.init.xavier_normal_(self.out.weight)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, pad_rows: torch.Tensor, pad_logits: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, real_rows: torch.Tensor) -> torch.Tensor:
+        """``bias`` (B, 1, L, L) holds the logits of padding query rows; ``real_rows`` (B, 1, L, 1)."""
         B, L, d = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
-        logits = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads) + bias  # (B, H, L, L)
-        logits = torch.where(pad_rows, pad_logits, logits)  # padding query rows: uniform over keys
-        attn = self.dropout(F.softmax(logits, dim=-1))
-        y = (attn @ v).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
-        return self.out(y)
+        # a zero query turns a padding row's logits into its bias alone: the uniform (weighted) row of the public code
+        q = q * real_rows
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p if self.training else 0.0)  # (B, H, L, dh)
+        return self.out(y.transpose(1, 2).reshape(B, L, d))
 
 
 class FeedForward(nn.Module):
@@ -76,7 +77,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w1 = nn.Linear(d, 4 * d)
         self.w2 = nn.Linear(4 * d, d)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         nn.init.xavier_normal_(self.w1.weight)
         nn.init.xavier_normal_(self.w2.weight)
 
@@ -91,12 +92,12 @@ class Block(nn.Module):
         self.attn = MultiHeadAttention(d, heads, dropout)
         self.ln2 = nn.LayerNorm(d, eps=1e-12)
         self.ffn = FeedForward(d, dropout)
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
-        self.drop_out = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
+        self.drop2 = Dropout(dropout)
+        self.drop_out = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, pad_rows: torch.Tensor, pad_logits: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop1(self.attn(self.ln1(x), bias, pad_rows, pad_logits))  # (B, L, d)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, real_rows: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop1(self.attn(self.ln1(x), bias, real_rows))  # (B, L, d)
         x = x + self.drop2(self.ffn(self.ln2(x)))
         return self.drop_out(x)
 
@@ -112,10 +113,10 @@ class TransformerApproximator(Approximator):
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
         bias, pad_logits = attention_bias(mask, pad_extra, self.mask_mode)  # (B, 1, L, L), (B, 1, 1, L)
-        pad_rows = (~mask)[:, None, :, None]  # (B, 1, L, 1)
-        pad_logits = pad_logits.to(z.dtype)
-        bias = bias.to(z.dtype)
+        real_rows = mask[:, None, :, None]  # (B, 1, L, 1)
+        bias = torch.where(real_rows, bias, pad_logits).to(z.dtype)  # padding query rows: their replacement logits
+        real_rows = real_rows.to(z.dtype)
         h = z
         for block in self.blocks:
-            h = block(h, bias, pad_rows, pad_logits)  # (B, L, d)
+            h = block(h, bias, real_rows)  # (B, L, d)
         return h[:, -1, :]

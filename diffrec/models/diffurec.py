@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from diffrec.config import ModelConfig
+from diffrec.layers import Dropout
 from diffrec.data.batching import Batch
 from diffrec.kernels import noise_inject
 from diffrec.models.base import Recommender
@@ -49,11 +50,11 @@ class DiffuRec(Recommender):
         self.item_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding, no padding_idx (public code)
         nn.init.normal_(self.item_emb.weight, std=config.emb_init_std)
         self.pos_emb = nn.Embedding(config.max_len, d) if config.position_embedding else None
-        self.emb_dropout = nn.Dropout(config.emb_dropout)
+        self.emb_dropout = Dropout(config.emb_dropout)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
         self.approximator = registry("approximator").build_from(config.approximator, config=config)
-        self.out_dropout = nn.Dropout(config.dropout)
+        self.out_dropout = Dropout(config.dropout)
         self.out_norm = nn.LayerNorm(d, eps=1e-12)
 
         schedule = registry("schedule").build_from(config.schedule)
