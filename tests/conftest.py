@@ -29,3 +29,18 @@ def shared_dataset(name: str, filename: str = "sequences.txt") -> pathlib.Path:
     if not path.is_file():
         pytest.skip(f"../shared/datasets/{name}/{filename} is not present (real-data tests need the shared datasets)")
     return path
+
+
+def kernel_device(backend: str) -> str:
+    """The device a kernel test runs on: the twin on CUDA when present, else CPU; Triton on CUDA or
+    in the interpreter (skipped when neither is available)."""
+    if backend == "torch":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    pytest.importorskip("triton")
+    from diffrec.kernels import interpreter_enabled
+
+    if interpreter_enabled():
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kernel_device
 import torch.nn.functional as F
 from diffrec.kernels import KernelInputError, linear_cross_entropy
-from diffrec.kernels._triton_available import interpreter_enabled
 from diffrec.kernels.linear_ce import TorchLinearCrossEntropy
 
 
-def device_for(backend: str) -> str:
-    if backend == "torch":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    pytest.importorskip("triton")
-    if interpreter_enabled():
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+device_for = kernel_device
 
 
 def problem(batch, n_items, dim, device, dtype=torch.float32, scale=1.0, seed=0):

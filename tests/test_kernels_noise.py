@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kernel_device
+from diffrec.kernels import interpreter_enabled
 from diffrec.kernels import KernelInputError, noise_inject
-from diffrec.kernels._triton_available import interpreter_enabled
 
 BACKENDS = ["torch", "triton"]
 
 
-def device_for(backend: str) -> str:
-    """CPU for the twin; CUDA or the interpreter for Triton (skip when neither is available)."""
-    if backend == "torch":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    pytest.importorskip("triton")
-    if interpreter_enabled():
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+device_for = kernel_device
 
 
 def lambdas(shape, delta, seed, backend, device, dtype=torch.float32):

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kernel_device
 from diffrec.kernels import KernelInputError, inner_product_topk
-from diffrec.kernels._triton_available import interpreter_enabled
 from diffrec.kernels.topk import chunked_topk, normalize_exclude
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 
 def triton_device() -> str:
-    pytest.importorskip("triton")
-    if interpreter_enabled():
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+    return kernel_device("triton")
 
 
 def reference(queries, items, k, exclude=None):

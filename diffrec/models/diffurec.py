@@ -87,7 +87,8 @@ class DiffuRec(Recommender):
     def denoise(self, h: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x0_hat = f_theta(history, x_t, t): (B, d)."""
         x = x_t + self.step_mlp(timestep_embedding(self.diffusion.scale_timesteps(t), x_t.shape[-1]))  # (B, d)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        seed_device = generator.device if generator is not None else torch.device("cpu")
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=seed_device))
         z = noise_inject(h, x, self.config.delta, seed, backend=self.backend)  # (B, L, d), Eq. 13
         rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
         return self.out_norm(self.out_dropout(rep))
