@@ -175,13 +175,17 @@ def reproduce(
             run_dir = out_dir / "runs" / dataset / name / f"seed{seed}"
             run = ckpt.RunDir(run_dir)
             command = f"diffrec train --config {run_dir / ckpt.CONFIG} --out {run_dir}"
-            if run.file(ckpt.FINAL).is_file():
-                final = run.read_json(ckpt.FINAL)
+            finished = run.file(ckpt.FINAL).is_file()
+            final = run.read_json(ckpt.FINAL) if finished else {}
+            extend = finished and not final.get("stopped_early") and final.get("epochs_run", 0) < config.train.epochs
+            if finished and not extend:
                 log(f"{name} seed {seed}: reusing {run_dir}")
             else:
                 resume = run.file(ckpt.LAST).is_file()
                 if resume:
+                    epochs = config.train.epochs
                     config = run.config()
+                    config.train.epochs = max(epochs, config.train.epochs)
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume)

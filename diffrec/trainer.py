@@ -140,8 +140,11 @@ class Trainer:
                 raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
             if not self.run.file(ckpt.LAST).is_file():
                 raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
-            if self.run.config().to_dict() != self.config.to_dict():
-                raise DiffrecError(f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} (resume with --config that file)")
+            saved = self.run.config()
+            if _without_budget(saved) != _without_budget(self.config):
+                raise DiffrecError(f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} (only --epochs may change)")
+            if self.config.train.epochs != saved.train.epochs:
+                self.config.save(self.run.file(ckpt.CONFIG))  # a longer (or shorter) budget for the same run
             recorded = self.run.dataset()
             if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
                 raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
@@ -198,6 +201,8 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         t = self.config.train
+        if self.state.epoch >= t.epochs or self.state.stopped_early:
+            return self._finish()
         while self.state.epoch < t.epochs and not self.state.stopped_early:
             epoch = self.state.epoch
             loss, seconds, n = self.train_epoch(epoch)
@@ -251,6 +256,13 @@ class Trainer:
         }
         self.run.write_json(ckpt.FINAL, final)
         return final
+
+
+def _without_budget(config: RunConfig) -> dict[str, Any]:
+    """The config minus the epoch budget, which a resumed run may extend."""
+    raw = config.to_dict()
+    raw["train"].pop("epochs")
+    return raw
 
 
 def load_run_model(run_dir: str | pathlib.Path, device: torch.device) -> tuple[RunConfig, Recommender, dict[str, Any]]:

@@ -45,6 +45,15 @@ def test_reproduce_writes_summary_and_reuses_runs(tmp_path):
     reproduce("beauty", **kwargs)
     assert all("reusing" in line for line in logs) and len(logs) == 4
 
+    def longer(config):
+        tiny(config)
+        config.train.epochs = 2
+
+    logs.clear()
+    extended = reproduce("beauty", **{**kwargs, "models": ["diffurec"], "seeds": [1], "overrides": longer})
+    assert logs == [f"diffurec seed 1: resuming in {tmp_path / 'out' / 'runs' / 'beauty' / 'diffurec' / 'seed1'}"]
+    assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
+
 
 def test_presets_and_errors():
     config = preset_config("diffurec-keypad", "ml-1m", "fast", 7, "x")

@@ -97,6 +97,15 @@ def test_existing_output_is_not_clobbered(tmp_path, small_data):
     assert not (run / "precious.txt").exists()
 
 
+def test_resume_extends_the_epoch_budget(tmp_path, small_data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
+    final = Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit(resume=True)
+    assert final["epochs_run"] == 3
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert "epochs = 3" in (run / "config.toml").read_text()
+
+
 def test_resume_refuses_other_options_or_data(tmp_path, small_data):
     run = tmp_path / "run"
     Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
