@@ -237,6 +237,7 @@ def train(
         f"[bold]{dataset.name}[/]: {stats['users']:,} users, {stats['items']:,} items, "
         f"{stats['train_examples']:,} training examples; model {m.model} ({parts})",
         highlight=False,
+        soft_wrap=True,
     )
 
     def report(record: dict[str, Any]) -> None:
@@ -473,9 +474,9 @@ def reproduce(
         recipe=recipe,
         overrides=apply,
         show_progress=not quiet and console.is_terminal,
-        log=lambda line: console.print(line, highlight=False),
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
-    console.print(rep.markdown_table(summary), highlight=False)
+    print(rep.markdown_table(summary))
     console.print(f"summary written to {out / (dataset + '.json')}", highlight=False)
 
 
