@@ -131,7 +131,14 @@ def machine() -> str:
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     keys = per_seed[0].keys()
-    return {k: {"mean": float(np.mean([r[k] for r in per_seed])), "std": float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else 0.0} for k in keys}
+    """Mean and sample standard deviation over seeds (std is None for a single seed)."""
+    return {
+        k: {
+            "mean": float(np.mean([r[k] for r in per_seed])),
+            "std": float(np.std([r[k] for r in per_seed], ddof=1)) if len(per_seed) > 1 else None,
+        }
+        for k in keys
+    }
 
 
 def reproduce(
@@ -188,8 +195,9 @@ def reproduce(
                     config.train.epochs = max(epochs, config.train.epochs)
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
+                earlier = final.get("wall_seconds", 0.0) if finished else 0.0
                 final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume)
-                final["wall_seconds"] = time.perf_counter() - t0
+                final["wall_seconds"] = earlier + time.perf_counter() - t0  # all invocations of this run
                 run.write_json(ckpt.FINAL, final)
             entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
         entry["test"] = aggregate([r["test"] for r in entry["runs"]])
@@ -211,6 +219,10 @@ def reproduce(
     return summary
 
 
+def _mean_std(cell: dict[str, float | None]) -> str:
+    return f"{cell['mean']:.2f}" if cell["std"] is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
     lines = [
@@ -218,7 +230,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(keys) + "---|",
     ]
     for name, entry in summary["models"].items():
-        cells = [f"{entry['test'][k]['mean']:.2f} ± {entry['test'][k]['std']:.2f}" for k in keys]
+        cells = [_mean_std(entry["test"][k]) for k in keys]
         p = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {}).get("HR@10")
         lines.append(f"| {name} | {len(entry['runs'])} | {' | '.join(cells)} | {'n/a' if p is None else f'{p:.3g}'} |")
     for name, row in summary.get("paper", {}).items():
