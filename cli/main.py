@@ -159,7 +159,8 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
 def print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
     splits = list(metrics)
     keys = list(next(iter(metrics.values())))
-    table = Table(title=title)
+    console.print(title, highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("metric (%)")
     for split in splits:
         table.add_column(split, justify="right")

@@ -1,6 +1,6 @@
 import pytest
 
-from diffrec import register, registry
+from diffrec import registry
 from diffrec.errors import DiffrecError
 from diffrec.registry import KINDS, Registry, UnknownPartError, list_parts, load_plugin
 

@@ -16,7 +16,6 @@ dropout. Three attention masks:
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
