@@ -273,6 +273,7 @@ def evaluate(
     split: str = typer.Option("test", help="test or valid."),
     eval_protocol: Optional[str] = typer.Option(None, help="correct or official (defaults to the run's)."),
     eval_seed: Optional[int] = typer.Option(None, help="Seed of the reverse process (defaults to the run's)."),
+    reverse_sampler: Optional[str] = typer.Option(None, help="Evaluate with another reverse sampler (e.g. one_step); " + choices("reverse_sampler")),
     save_topk: Optional[pathlib.Path] = typer.Option(None, help="Write each user's top-K list to this TSV file."),
     k: int = typer.Option(20, "-k", help="List length for --save-topk."),
     force: bool = typer.Option(False, "--force", help="Overwrite --save-topk if it exists."),
@@ -292,6 +293,10 @@ def evaluate(
     if k < 1:
         raise DiffrecError("-k must be >= 1")
     cfg, model, record, dev = _load_checkpoint(checkpoint, device)
+    if reverse_sampler is not None:
+        if not hasattr(model, "reverse_sampler"):
+            raise DiffrecError(f"model {cfg.model.model} has no reverse sampler")
+        model.reverse_sampler = registry("reverse_sampler").build_from(reverse_sampler, config=cfg.model)
     data_cfg = DataConfig(**{**cfg.data.__dict__, "path": data}) if data else cfg.data
     dataset = open_dataset(data_cfg)
     if dataset.num_items != record["num_items"]:

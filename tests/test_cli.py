@@ -64,6 +64,9 @@ def test_evaluate_is_repeatable_and_exports_topk(trained, tmp_path):
     assert all(len(line.split("\t")[1].split()) == 5 for line in lines[1:])
     again = run("evaluate", "--checkpoint", trained, "--save-topk", topk)
     assert_clean_error(again, "exists")
+    one_step = run("evaluate", "--checkpoint", trained, "--json", "--reverse-sampler", "one_step")
+    assert one_step.exit_code == 0 and json.loads(one_step.stdout)["metrics"] != metrics
+    assert_clean_error(run("evaluate", "--checkpoint", trained, "--reverse-sampler", "ddim"), "unknown reverse_sampler 'ddim'")
     official = run("evaluate", "--checkpoint", trained, "--json", "--eval-protocol", "official")
     assert official.exit_code == 0 and json.loads(official.stdout)["protocol"] == "official"
 
