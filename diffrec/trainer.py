@@ -9,7 +9,6 @@ continues an interrupted run exactly where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import random
@@ -278,6 +277,3 @@ def load_run_model(run_dir: str | pathlib.Path, device: torch.device) -> tuple[R
     model.eval()
     return config, model, record
 
-
-def dumps_metrics(metrics: dict[str, Any]) -> str:
-    return json.dumps(metrics, indent=2, sort_keys=True)
