@@ -52,12 +52,14 @@ class Preset:
     model: str
     overrides: tuple[tuple[str, Any], ...] = ()
     description: str = ""
+    #: an evaluation-only control: re-evaluate this preset's trained run (same seed) instead of training
+    reevaluates: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
     "diffurec": Preset("diffurec", (), "DiffuRec with the public code's settings"),
     "diffurec-lambda0": Preset("diffurec", (("delta", 0.0),), "control: lambda = 0, the noised target never reaches the approximator"),
-    "diffurec-1step": Preset("diffurec", (("reverse_sampler", "one_step"),), "control: a single reverse step at evaluation"),
+    "diffurec-1step": Preset("diffurec", (("reverse_sampler", "one_step"),), "control: the diffurec run evaluated with a single reverse step", reevaluates="diffurec"),
     "diffurec-keypad": Preset("diffurec", (("attention_mask", "key_padding"),), "control: padding keys masked"),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-ce": Preset("sasrec", (("loss", "ce"),), "SASRec trained with full-catalogue cross-entropy"),
@@ -99,6 +101,35 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
     config.train.seed = seed
     config.data.path = data_path
     return config.validate()
+
+
+METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+
+
+def entry_key(name: str, recipe: str) -> str:
+    """Summary key of a preset trained with a recipe: the bare name for the paper's recipe."""
+    return name if recipe == "paper" else f"{name}@{recipe}"
+
+
+def _check_same_run(stored: RunConfig, wanted: RunConfig, run_dir: pathlib.Path) -> None:
+    """Refuse to reuse or resume a run directory whose model or dataset differ from the preset's."""
+    a, b = stored.to_dict()["model"], wanted.to_dict()["model"]
+    diff = sorted(k for k in set(a) | set(b) if k != "kernel_backend" and a.get(k) != b.get(k))
+    if pathlib.Path(stored.data.path).name != pathlib.Path(wanted.data.path).name:
+        diff.append("dataset")
+    if diff:
+        raise DiffrecError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); move it away or pick another --out")
+
+
+def _previous_entries(path: pathlib.Path) -> dict[str, Any]:
+    """Model entries of an earlier summary, so runs of other models and recipes stay in the table."""
+    if not path.is_file():
+        return {}
+    try:
+        models = json.loads(path.read_text()).get("models", {})
+    except (OSError, ValueError) as err:
+        raise DiffrecError(f"cannot read the earlier summary {path}: {err}") from err
+    return {k: v for k, v in models.items() if isinstance(v, dict) and "recipe" in v and "runs" in v}
 
 
 def paired_t_test(a: list[float], b: list[float]) -> float | None:
@@ -172,18 +203,28 @@ def reproduce(
         "models": {},
         "paper": PAPER.get(dataset, {}),
     }
+    summary["models"] = _previous_entries(out_dir / f"{dataset}.json")
+    models = sorted(models, key=lambda m: PRESETS[m].reevaluates is not None)  # trained runs first
     for name in models:
-        entry: dict[str, Any] = {"preset": PRESETS[name].description if name in PRESETS else "", "runs": []}
+        entry: dict[str, Any] = {"preset": PRESETS[name].description if name in PRESETS else "", "recipe": recipe, "runs": []}
         for seed in seeds:
             config = preset_config(name, dataset, recipe, seed, str(data_path))
             if overrides is not None:
                 overrides(config)
                 config.validate()
-            run_dir = out_dir / "runs" / dataset / name / f"seed{seed}"
+            run_dir = out_dir / "runs" / dataset / recipe / name / f"seed{seed}"
             run = ckpt.RunDir(run_dir)
+            if run.file(ckpt.CONFIG).is_file():
+                _check_same_run(run.config(), config, run_dir)
             command = f"diffrec train --config {run_dir / ckpt.CONFIG} --out {run_dir}"
             finished = run.file(ckpt.FINAL).is_file()
             final = run.read_json(ckpt.FINAL) if finished else {}
+            if PRESETS[name].reevaluates is not None:
+                base = out_dir / "runs" / dataset / recipe / PRESETS[name].reevaluates / f"seed{seed}"
+                command = f"diffrec evaluate --checkpoint {base} --reverse-sampler {config.model.reverse_sampler}"
+                final = _reevaluated(name, base, config, data, run, final, log)
+                entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
+                continue
             extend = finished and not final.get("stopped_early") and final.get("epochs_run", 0) < config.train.epochs
             if finished and not extend:
                 log(f"{name} seed {seed}: reusing {run_dir}")
@@ -202,21 +243,67 @@ def reproduce(
             entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
         entry["test"] = aggregate([r["test"] for r in entry["runs"]])
         entry["valid"] = aggregate([r["valid"] for r in entry["runs"]])
-        summary["models"][name] = entry
-    reference = next((m for m in models if PRESETS.get(m, Preset("")).model == "diffurec"), None)
-    if reference is not None:
-        ref_runs = summary["models"][reference]["runs"]
-        for name, entry in summary["models"].items():
-            if name == reference:
-                continue
-            entry["t_test_vs_" + reference] = {
-                key: paired_t_test([r["test"][key] for r in ref_runs], [r["test"][key] for r in entry["runs"]])
-                for key in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
-            }
+        summary["models"][entry_key(name, recipe)] = entry
+    for key, entry in summary["models"].items():
+        for old in [k for k in entry if k.startswith("t_test_vs_")]:
+            del entry[old]
+        reference = entry_key("diffurec", entry["recipe"])
+        if key == reference or reference not in summary["models"]:
+            continue
+        by_seed = {r["seed"]: r for r in summary["models"][reference]["runs"]}
+        pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
+        entry["t_test_vs_" + reference] = {
+            metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
+            for metric in METRICS
+        }
     summary["wall_seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out_dir / f"{dataset}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _reevaluated(name: str, base_dir: pathlib.Path, config: RunConfig, data: Any, run: ckpt.RunDir, final: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Metrics of an evaluation-only control: the base run's best weights under this preset's model config."""
+    from diffrec.evaluation import evaluate
+    from diffrec.trainer import build_model, select_device
+
+    base = ckpt.RunDir(base_dir)
+    if not base.file(ckpt.FINAL).is_file():
+        raise DiffrecError(f"{name} re-evaluates {base_dir}, which has not finished; train {base_dir.parent.name} first (list it in --models)")
+    base_final = base.read_json(ckpt.FINAL)
+    stamp = {"reevaluates": str(base_dir), "base_epochs_run": base_final.get("epochs_run"), "base_best_epoch": base_final.get("best_epoch")}
+    if final and all(final.get(k) == v for k, v in stamp.items()):
+        log(f"{name} seed {config.train.seed}: reusing {run.path}")
+        return final
+    log(f"{name} seed {config.train.seed}: re-evaluating {base_dir}")
+    base_config = base.config()
+    for key in ("epochs", "seed"):
+        setattr(config.train, key, getattr(base_config.train, key))
+    t0 = time.perf_counter()
+    if config.train.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(config.train.num_threads)
+    device = select_device(config.train.device)
+    model = build_model(config, int(base.dataset()["num_items"])).to(device)
+    weights = base.file(ckpt.BEST)
+    ckpt.load_model_tensors(model, ckpt.load_tensors(weights), weights)
+    model.eval()
+    common = dict(max_len=config.model.max_len, device=device, show_progress=False)
+    result = {
+        "valid": evaluate(model, data, "valid", config.eval, **common).metrics,
+        "test": evaluate(model, data, "test", config.eval, **common).metrics,
+        "unit": "percent",
+        "protocol": config.eval.protocol,
+        "epochs_run": base_final.get("epochs_run"),
+        "best_epoch": base_final.get("best_epoch"),
+        **stamp,
+    }
+    result["wall_seconds"] = time.perf_counter() - t0
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.save(run.file(ckpt.CONFIG))
+    run.write_json(ckpt.FINAL, result)
+    return result
 
 
 def _mean_std(cell: dict[str, float | None]) -> str:
@@ -224,7 +311,7 @@ def _mean_std(cell: dict[str, float | None]) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    keys = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+    keys = METRICS
     lines = [
         f"| model | seeds | {' | '.join(keys)} | p (HR@10 vs DiffuRec) |",
         "|---|---|" + "---|" * len(keys) + "---|",

@@ -51,7 +51,7 @@ def test_reproduce_writes_summary_and_reuses_runs(tmp_path):
 
     logs.clear()
     extended = reproduce("beauty", **{**kwargs, "models": ["diffurec"], "seeds": [1], "overrides": longer})
-    assert logs == [f"diffurec seed 1: resuming in {tmp_path / 'out' / 'runs' / 'beauty' / 'diffurec' / 'seed1'}"]
+    assert logs == [f"diffurec seed 1: resuming in {tmp_path / 'out' / 'runs' / 'beauty' / 'paper' / 'diffurec' / 'seed1'}"]
     assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
 
 
@@ -71,3 +71,56 @@ def test_paired_t_test():
     assert paired_t_test([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) is None  # constant difference: undefined
     p = paired_t_test([5.0, 6.0, 7.0, 6.5], [4.0, 5.5, 5.0, 6.0])
     assert 0 < p < 0.2
+
+
+def test_one_step_control_reevaluates_the_trained_run(tmp_path):
+    root = tmp_path / "datasets"
+    write_sequences(root / "toys", make_synthetic(num_users=300, num_items=60, seed=5))
+    logs = []
+    kwargs = dict(seeds=[3], data_root=root, out_dir=tmp_path / "out", overrides=tiny, show_progress=False, log=logs.append, recipe="fast")
+    with pytest.raises(DiffrecError, match="has not finished"):
+        reproduce("toys", models=["diffurec-1step"], **kwargs)
+    summary = reproduce("toys", models=["diffurec-1step", "diffurec"], **kwargs)
+    assert logs[0].startswith("diffurec seed 3: training") and logs[1].startswith("diffurec-1step seed 3: re-evaluating")
+    assert list(summary["models"]) == ["diffurec@fast", "diffurec-1step@fast"]
+    control = summary["models"]["diffurec-1step@fast"]
+    run = control["runs"][0]
+    base_dir = tmp_path / "out" / "runs" / "toys" / "fast" / "diffurec" / "seed3"
+    assert run["reevaluates"] == str(base_dir) and "--reverse-sampler one_step" in run["command"]
+
+    # the control's numbers are the trained weights evaluated with one reverse step
+    from diffrec.config import RunConfig
+    from diffrec.data import load_dataset
+    from diffrec.evaluation import evaluate
+    from diffrec.registry import registry
+    from diffrec.trainer import load_run_model
+
+    cfg, model, _ = load_run_model(base_dir, __import__("torch").device("cpu"))
+    model.reverse_sampler = registry("reverse_sampler").build_from("one_step", config=cfg.model)
+    expected = evaluate(model, load_dataset(root / "toys"), "test", cfg.eval, max_len=cfg.model.max_len, device="cpu").metrics
+    assert run["test"] == pytest.approx(expected)
+    assert RunConfig.load(tmp_path / "out" / "runs" / "toys" / "fast" / "diffurec-1step" / "seed3" / "config.toml").model.reverse_sampler == "one_step"
+
+    # a later reproduction of another model keeps both entries and their t-test reference
+    logs.clear()
+    merged = reproduce("toys", models=["diffurec-lambda0"], **kwargs)
+    assert set(merged["models"]) == {"diffurec@fast", "diffurec-1step@fast", "diffurec-lambda0@fast"}
+    saved = json.loads((tmp_path / "out" / "toys.json").read_text())
+    assert "t_test_vs_diffurec@fast" in saved["models"]["diffurec-lambda0@fast"]
+    logs.clear()
+    reproduce("toys", models=["diffurec-1step"], **kwargs)
+    assert logs == [f"diffurec-1step seed 3: reusing {tmp_path / 'out' / 'runs' / 'toys' / 'fast' / 'diffurec-1step' / 'seed3'}"]
+
+
+def test_reproduce_refuses_a_run_directory_with_other_settings(tmp_path):
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=200, num_items=40, seed=6))
+    kwargs = dict(models=["diffurec"], seeds=[1], data_root=root, out_dir=tmp_path / "out", show_progress=False, log=lambda _: None)
+    reproduce("beauty", overrides=tiny, **kwargs)
+
+    def wider(config):
+        tiny(config)
+        config.model.hidden_size = 32
+
+    with pytest.raises(DiffrecError, match="holds a run with other settings \\(hidden_size\\)"):
+        reproduce("beauty", overrides=wider, **kwargs)
