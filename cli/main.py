@@ -436,6 +436,8 @@ def reproduce(
     data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
     out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),
+    eval_every: Optional[int] = typer.Option(None, help="Override the recipe's validation interval (epochs)."),
+    patience: Optional[int] = typer.Option(None, help="Override the recipe's patience (validations)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
@@ -464,6 +466,10 @@ def reproduce(
     def apply(config) -> None:
         if epochs is not None:
             config.train.epochs = epochs
+        if eval_every is not None:
+            config.train.eval_every = eval_every
+        if patience is not None:
+            config.train.patience = patience
         if device is not None:
             config.train.device = device
         if threads is not None:

@@ -78,7 +78,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},
     "fast": {
         "model": {"emb_init_std": 0.05},
-        "train": {"epochs": 30, "eval_every": 3, "patience": 2},
+        "train": {"epochs": 21, "eval_every": 3, "patience": 2, "lr_step": 15},
     },
 }
 
@@ -231,9 +231,10 @@ def reproduce(
             else:
                 resume = run.file(ckpt.LAST).is_file()
                 if resume:
-                    epochs = config.train.epochs
+                    wanted = config.train
                     config = run.config()
-                    config.train.epochs = max(epochs, config.train.epochs)
+                    config.train.epochs = max(wanted.epochs, config.train.epochs)
+                    config.train.lr_step, config.train.lr_gamma = wanted.lr_step, wanted.lr_gamma
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0

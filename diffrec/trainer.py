@@ -141,9 +141,16 @@ class Trainer:
                 raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
             saved = self.run.config()
             if _without_budget(saved) != _without_budget(self.config):
-                raise DiffrecError(f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} (only --epochs may change)")
-            if self.config.train.epochs != saved.train.epochs:
-                self.config.save(self.run.file(ckpt.CONFIG))  # a longer (or shorter) budget for the same run
+                raise DiffrecError(
+                    f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
+                    "(only --epochs, and a learning-rate step that leaves the epochs already run unchanged, may change)"
+                )
+            done = int(self.run.read_json(ckpt.STATE).get("epoch", 0))
+            old, new = saved.train, self.config.train
+            if any(old.lr * old.lr_gamma ** (e // old.lr_step) != new.lr * new.lr_gamma ** (e // new.lr_step) for e in range(done)):
+                raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
+            if (new.epochs, new.lr_step, new.lr_gamma) != (old.epochs, old.lr_step, old.lr_gamma):
+                self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget or a later LR decay for the same run
             recorded = self.run.dataset()
             if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
                 raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
@@ -258,9 +265,11 @@ class Trainer:
 
 
 def _without_budget(config: RunConfig) -> dict[str, Any]:
-    """The config minus the epoch budget, which a resumed run may extend."""
+    """The config minus what a resumed run may change: the epoch budget and the StepLR schedule
+    (checked separately against the epochs already run)."""
     raw = config.to_dict()
-    raw["train"].pop("epochs")
+    for key in ("epochs", "lr_step", "lr_gamma"):
+        raw["train"].pop(key)
     return raw
 
 

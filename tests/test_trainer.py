@@ -106,6 +106,24 @@ def test_resume_extends_the_epoch_budget(tmp_path, small_data):
     assert "epochs = 3" in (run / "config.toml").read_text()
 
 
+def test_resume_may_add_a_later_lr_decay_and_matches_a_straight_run(tmp_path, small_data):
+    """Extending a run with a StepLR decay after the epochs already run equals using it from the start."""
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(epochs=3, lr_step=2), small_data, straight, show_progress=False).fit()
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=2, lr_step=100), small_data, run, show_progress=False).fit()
+    Trainer(tiny_config(epochs=3, lr_step=2), small_data, run, show_progress=False).fit(resume=True)
+    assert "lr_step = 2" in (run / "config.toml").read_text()
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-4])
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(run / "last.safetensors"))
+    for key in a:
+        if not key.startswith("rng"):
+            assert torch.allclose(a[key], b[key], atol=1e-6), key
+    with pytest.raises(DiffrecError, match="would change the learning rate of the 3 epochs already run"):
+        Trainer(tiny_config(epochs=4, lr_step=1), small_data, run, show_progress=False).fit(resume=True)
+
+
 def test_resume_refuses_other_options_or_data(tmp_path, small_data):
     run = tmp_path / "run"
     Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
