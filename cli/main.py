@@ -495,17 +495,19 @@ def reproduce(
 @app.command()
 @handle_errors
 def plot(
-    run: pathlib.Path = typer.Option(..., "--run", help="A run directory."),
-    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default: RUN/curves.png)."),
+    run: list[pathlib.Path] = typer.Option(..., "--run", help="A run directory; repeat to overlay several runs."),
+    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the PNG."),
 ) -> None:
-    """Plot training loss and validation HR@10/NDCG@10 per epoch."""
-    from diffrec.plots import plot_run
+    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid."""
+    from diffrec.plots import plot_runs
 
-    target = out or run / "curves.png"
+    if out is None and len(run) > 1:
+        raise DiffrecError("--out is required when plotting several runs")
+    target = out or run[0] / "curves.png"
     if target.exists() and not force:
         raise DiffrecError(f"{target} exists (use --force to overwrite)")
-    console.print(f"wrote {plot_run(run, target)}", highlight=False)
+    console.print(f"wrote {plot_runs(run, target)}", highlight=False)
 
 
 @bench_app.command("kernels")

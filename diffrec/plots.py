@@ -25,24 +25,45 @@ def read_epochs(run_dir: pathlib.Path) -> list[dict]:
     return records
 
 
+def run_label(run_dir: pathlib.Path) -> str:
+    """A short label naming a run by its last path parts (e.g. ``fast/diffurec/seed1997``)."""
+    return "/".join(run_dir.resolve().parts[-3:])
+
+
 def plot_run(run_dir: pathlib.Path, out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
+    """Loss and validation curves of one run."""
+    return plot_runs([run_dir], out, metrics)
+
+
+def plot_runs(run_dirs: list[pathlib.Path], out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
+    """Loss and validation curves of one or more runs, overlaid (e.g. two recipes on the same seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_epochs(run_dir)
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["loss"] for r in records], marker="o", markersize=3)
+    if not run_dirs:
+        raise DiffrecError("no run directory to plot")
+    runs = [(run_label(d) if len(run_dirs) > 1 else "", read_epochs(d)) for d in run_dirs]
+    fig, axes = plt.subplots(1, 1 + len(metrics), figsize=(5 * (1 + len(metrics)), 4))
+    ax_loss, metric_axes = axes[0], axes[1:]
+    styles = ["-", "--", ":", "-."]
+    for i, (label, records) in enumerate(runs):
+        style = styles[i % len(styles)]
+        ax_loss.plot([r["epoch"] for r in records], [r["loss"] for r in records], style, marker="o", markersize=3, label=label or None)
+        evaluated = [r for r in records if "valid" in r]
+        for ax, name in zip(metric_axes, metrics):
+            points = [(r["epoch"], r["valid"][name]) for r in evaluated if name in r["valid"]]
+            if points:
+                ax.plot(*zip(*points), style, marker="o", label=label or name)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    evaluated = [r for r in records if "valid" in r]
-    for name in metrics:
-        ax_metric.plot([r["epoch"] for r in evaluated], [r["valid"][name] for r in evaluated], marker="o", label=name)
-    ax_metric.set(xlabel="epoch", ylabel="percent", title="validation")
-    if evaluated:
-        ax_metric.legend()
-    fig.suptitle(run_dir.name)
+    for ax, name in zip(metric_axes, metrics):
+        ax.set(xlabel="epoch", ylabel="percent", title=f"validation {name}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if len(runs) > 1:
+        ax_loss.legend(fontsize="small")
+    fig.suptitle(run_dirs[0].name if len(run_dirs) == 1 else "runs compared")
     fig.tight_layout()
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)
     fig.savefig(tmp, dpi=120)

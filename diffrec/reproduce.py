@@ -312,15 +312,22 @@ def _mean_std(cell: dict[str, float | None]) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
+    """Test metrics (mean ± std over seeds), epochs run, p-value against DiffuRec and wall time per seed."""
     keys = METRICS
     lines = [
-        f"| model | seeds | {' | '.join(keys)} | p (HR@10 vs DiffuRec) |",
-        "|---|---|" + "---|" * len(keys) + "---|",
+        f"| model | seeds | epochs | {' | '.join(keys)} | p (HR@10 vs DiffuRec) | wall per seed |",
+        "|---|---|---|" + "---|" * len(keys) + "---|---|",
     ]
     for name, entry in summary["models"].items():
         cells = [_mean_std(entry["test"][k]) for k in keys]
         p = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {}).get("HR@10")
-        lines.append(f"| {name} | {len(entry['runs'])} | {' | '.join(cells)} | {'n/a' if p is None else f'{p:.3g}'} |")
+        runs = entry["runs"]
+        epochs = sorted({r.get("epochs_run") for r in runs if r.get("epochs_run") is not None})
+        wall = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
+        lines.append(
+            f"| {name} | {len(runs)} | {'/'.join(map(str, epochs)) or '?'} | {' | '.join(cells)} | "
+            f"{'n/a' if p is None else f'{p:.3g}'} | {f'{np.mean(wall) / 60:.0f} min' if wall else '?'} |"
+        )
     for name, row in summary.get("paper", {}).items():
-        lines.append(f"| paper: {name} | 5 | {' | '.join(f'{row[k]:.2f}' for k in keys)} | |")
+        lines.append(f"| paper: {name} | 5 | | {' | '.join(f'{row[k]:.2f}' for k in keys)} | | |")
     return "\n".join(lines)

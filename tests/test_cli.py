@@ -153,6 +153,11 @@ def test_plot_curves(trained, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_clean_error(run("plot", "--run", empty), "not found")
+    both = tmp_path / "both.png"
+    assert_clean_error(run("plot", "--run", trained, "--run", trained), "--out is required")
+    result = run("plot", "--run", trained, "--run", trained, "--out", both)
+    assert result.exit_code == 0, result.output
+    assert both.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_reproduce_and_bench_reject_bad_names(tmp_path):
