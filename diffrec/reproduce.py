@@ -161,8 +161,8 @@ def machine() -> str:
 
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    keys = per_seed[0].keys()
     """Mean and sample standard deviation over seeds (std is None for a single seed)."""
+    keys = per_seed[0].keys()
     return {
         k: {
             "mean": float(np.mean([r[k] for r in per_seed])),
@@ -200,13 +200,19 @@ def reproduce(
         "protocol": "correct",
         "git_sha": git_sha(),
         "machine": machine(),
-        "models": {},
+        # entries of earlier invocations stay; each records its own recipe, git SHA and machine
+        "models": _previous_entries(out_dir / f"{dataset}.json"),
         "paper": PAPER.get(dataset, {}),
     }
-    summary["models"] = _previous_entries(out_dir / f"{dataset}.json")
     models = sorted(models, key=lambda m: PRESETS[m].reevaluates is not None)  # trained runs first
     for name in models:
-        entry: dict[str, Any] = {"preset": PRESETS[name].description if name in PRESETS else "", "recipe": recipe, "runs": []}
+        entry: dict[str, Any] = {
+            "preset": PRESETS[name].description,
+            "recipe": recipe,
+            "git_sha": summary["git_sha"],
+            "machine": summary["machine"],
+            "runs": [],
+        }
         for seed in seeds:
             config = preset_config(name, dataset, recipe, seed, str(data_path))
             if overrides is not None:
