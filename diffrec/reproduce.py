@@ -210,7 +210,6 @@ def reproduce(
             "preset": PRESETS[name].description,
             "recipe": recipe,
             "git_sha": summary["git_sha"],
-            "machine": summary["machine"],
             "runs": [],
         }
         for seed in seeds:
@@ -248,6 +247,7 @@ def reproduce(
                 final["wall_seconds"] = earlier + time.perf_counter() - t0  # all invocations of this run
                 run.write_json(ckpt.FINAL, final)
             entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
+        entry["machine"] = machine()  # after training, which sets the thread count
         entry["test"] = aggregate([r["test"] for r in entry["runs"]])
         entry["valid"] = aggregate([r["valid"] for r in entry["runs"]])
         summary["models"][entry_key(name, recipe)] = entry
@@ -263,6 +263,7 @@ def reproduce(
             metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
             for metric in METRICS
         }
+    summary["machine"] = machine()
     summary["wall_seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out_dir / f"{dataset}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
