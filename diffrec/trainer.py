@@ -259,6 +259,7 @@ class Trainer:
             "train_seconds_per_epoch": float(np.mean(self.state.epoch_seconds)) if self.state.epoch_seconds else None,
             "examples_per_second": float(np.mean(self.state.examples_per_second)) if self.state.examples_per_second else None,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
         }
         self.run.write_json(ckpt.FINAL, final)
         return final
