@@ -443,6 +443,7 @@ def reproduce(
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
+    table_only: bool = typer.Option(False, "--table-only", help="Print the table of OUT/<dataset>.json and exit (trains nothing)."),
 ) -> None:
     """Train every model preset over seeds on a shipped dataset and tabulate against the paper."""
     from diffrec import reproduce as rep
@@ -450,6 +451,16 @@ def reproduce(
     if list_presets:
         for name, preset in rep.PRESETS.items():
             console.print(f"{name:18s} {preset.description}", highlight=False)
+        return
+    if table_only:
+        path = out / f"{dataset}.json"
+        if not path.is_file():
+            raise DiffrecError(f"{path} not found (run the reproduction first)")
+        try:
+            summary = json.loads(path.read_text())
+            print(rep.markdown_table(summary))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DiffrecError(f"{path} is not a reproduction summary ({err})") from None
         return
     names = [m.strip() for m in models.split(",") if m.strip()]
     for name in names:

@@ -163,6 +163,9 @@ def test_plot_curves(trained, tmp_path):
 def test_reproduce_and_bench_reject_bad_names(tmp_path):
     assert_clean_error(run("reproduce", "--dataset", "beauty", "--models", "diffurec,nope", "--data-root", tmp_path), "unknown model preset 'nope'")
     assert_clean_error(run("reproduce", "--dataset", "beauty", "--data-root", tmp_path / "missing"), "dataset folder not found")
+    assert_clean_error(run("reproduce", "--dataset", "beauty", "--table-only", "--out", tmp_path), "not found")
+    (tmp_path / "beauty.json").write_text("[1, 2]")
+    assert_clean_error(run("reproduce", "--dataset", "beauty", "--table-only", "--out", tmp_path), "not a reproduction summary")
     listing = run("reproduce", "--dataset", "beauty", "--list-presets")
     assert listing.exit_code == 0 and "diffurec-lambda0" in listing.stdout
     assert_clean_error(run("bench", "kernels", "--op", "matmul"), "unknown op 'matmul'")

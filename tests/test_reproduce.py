@@ -40,7 +40,13 @@ def test_reproduce_writes_summary_and_reuses_runs(tmp_path):
     assert "diffrec train --config" in entry["runs"][0]["command"]
     assert saved["paper"]["diffurec"]["HR@10"] == pytest.approx(7.9068)
     table = markdown_table(summary)
-    assert "| diffurec-lambda0 | 2 |" in table and "paper: diffurec" in table
+    assert "| diffurec-lambda0 | 2 | 1 |" in table and "paper: diffurec" in table
+    from typer.testing import CliRunner
+
+    from diffrec.cli.main import app
+
+    printed = CliRunner().invoke(app, ["reproduce", "--dataset", "beauty", "--table-only", "--out", str(tmp_path / "out")])
+    assert printed.exit_code == 0 and "| diffurec-lambda0 | 2 | 1 |" in printed.output
     logs.clear()
     reproduce("beauty", **kwargs)
     assert all("reusing" in line for line in logs) and len(logs) == 4
