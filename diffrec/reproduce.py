@@ -200,8 +200,7 @@ def reproduce(
         "protocol": "correct",
         "git_sha": git_sha(),
         "machine": machine(),
-        # entries of earlier invocations stay; each records its own recipe, git SHA and machine
-        "models": _previous_entries(out_dir / f"{dataset}.json"),
+        "models": {},
         "paper": PAPER.get(dataset, {}),
     }
     models = sorted(models, key=lambda m: PRESETS[m].reevaluates is not None)  # trained runs first
@@ -251,6 +250,9 @@ def reproduce(
         entry["test"] = aggregate([r["test"] for r in entry["runs"]])
         entry["valid"] = aggregate([r["valid"] for r in entry["runs"]])
         summary["models"][entry_key(name, recipe)] = entry
+    # entries of earlier (or concurrent) invocations stay; each records its own recipe, git SHA and
+    # machine. The file is re-read here, after training, so a run that finished meanwhile is kept.
+    summary["models"] = {**_previous_entries(out_dir / f"{dataset}.json"), **summary["models"]}
     for key, entry in summary["models"].items():
         for old in [k for k in entry if k.startswith("t_test_vs_")]:
             del entry[old]

@@ -130,3 +130,21 @@ def test_reproduce_refuses_a_run_directory_with_other_settings(tmp_path):
 
     with pytest.raises(DiffrecError, match="holds a run with other settings \\(hidden_size\\)"):
         reproduce("beauty", overrides=wider, **kwargs)
+
+
+def test_a_summary_written_meanwhile_is_kept(tmp_path):
+    """Two reproductions of one dataset side by side: the one that finishes last keeps the other's entry."""
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=200, num_items=40, seed=7))
+    kwargs = dict(seeds=[1], data_root=root, out_dir=tmp_path / "out", show_progress=False, log=lambda _: None)
+    nested = []
+
+    def meanwhile(config):
+        tiny(config)
+        if not nested:  # while this invocation trains, another one finishes and writes the summary
+            nested.append(reproduce("beauty", models=["diffurec-lambda0"], overrides=tiny, **kwargs))
+
+    reproduce("beauty", models=["diffurec"], overrides=meanwhile, **kwargs)
+    saved = json.loads((tmp_path / "out" / "beauty.json").read_text())
+    assert set(saved["models"]) == {"diffurec", "diffurec-lambda0"}
+    assert "t_test_vs_diffurec" in saved["models"]["diffurec-lambda0"]
