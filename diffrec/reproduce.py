@@ -238,7 +238,8 @@ def reproduce(
                     wanted = config.train
                     config = run.config()
                     config.train.epochs = max(wanted.epochs, config.train.epochs)
-                    config.train.lr_step, config.train.lr_gamma = wanted.lr_step, wanted.lr_gamma
+                    for key in ("lr_step", "lr_gamma", "device", "num_threads"):  # runtime settings of this invocation
+                        setattr(config.train, key, getattr(wanted, key))
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0

@@ -266,10 +266,10 @@ class Trainer:
 
 
 def _without_budget(config: RunConfig) -> dict[str, Any]:
-    """The config minus what a resumed run may change: the epoch budget and the StepLR schedule
-    (checked separately against the epochs already run)."""
+    """The config minus what a resumed run may change: the epoch budget, the StepLR schedule
+    (checked separately against the epochs already run) and where it runs (device, threads)."""
     raw = config.to_dict()
-    for key in ("epochs", "lr_step", "lr_gamma"):
+    for key in ("epochs", "lr_step", "lr_gamma", "device", "num_threads"):
         raw["train"].pop(key)
     return raw
 

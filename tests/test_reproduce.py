@@ -60,6 +60,21 @@ def test_reproduce_writes_summary_and_reuses_runs(tmp_path):
     assert logs == [f"diffurec seed 1: resuming in {tmp_path / 'out' / 'runs' / 'beauty' / 'paper' / 'diffurec' / 'seed1'}"]
     assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
 
+    def longer_on_one_thread(config):
+        longer(config)
+        config.train.epochs = 3
+        config.train.num_threads = 1
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        again = reproduce("beauty", **{**kwargs, "models": ["diffurec"], "seeds": [1], "overrides": longer_on_one_thread})
+        assert again["models"]["diffurec"]["runs"][0]["threads"] == 1  # the invocation's threads, not the stored run's
+    finally:
+        torch.set_num_threads(before)
+
 
 def test_presets_and_errors():
     config = preset_config("diffurec-keypad", "ml-1m", "fast", 7, "x")
