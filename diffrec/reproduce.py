@@ -321,6 +321,10 @@ def _mean_std(cell: dict[str, float | None]) -> str:
     return f"{cell['mean']:.2f}" if cell["std"] is None else f"{cell['mean']:.2f} ± {cell['std']:.2f}"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """Test metrics (mean ± std over seeds), epochs run, p-value against DiffuRec and wall time per seed."""
     keys = METRICS
@@ -336,7 +340,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         wall = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
         lines.append(
             f"| {name} | {len(runs)} | {'/'.join(map(str, epochs)) or '?'} | {' | '.join(cells)} | "
-            f"{'n/a' if p is None else f'{p:.3g}'} | {f'{np.mean(wall) / 60:.0f} min' if wall else '?'} |"
+            f"{'n/a' if p is None else f'{p:.3g}'} | {_duration(float(np.mean(wall))) if wall else '?'} |"
         )
     for name, row in summary.get("paper", {}).items():
         lines.append(f"| paper: {name} | 5 | | {' | '.join(f'{row[k]:.2f}' for k in keys)} | | |")
