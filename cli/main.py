@@ -474,19 +474,19 @@ def reproduce(
     for name in names:
         registry("model").get(rep.PRESETS[name].model)
 
+    train_overrides = {
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "patience": patience,
+        "device": device,
+        "num_threads": threads,
+        "precision": precision,
+    }
+
     def apply(config) -> None:
-        if epochs is not None:
-            config.train.epochs = epochs
-        if eval_every is not None:
-            config.train.eval_every = eval_every
-        if patience is not None:
-            config.train.patience = patience
-        if device is not None:
-            config.train.device = device
-        if threads is not None:
-            config.train.num_threads = threads
-        if precision is not None:
-            config.train.precision = precision
+        for key, value in train_overrides.items():
+            if value is not None:
+                setattr(config.train, key, value)
 
     summary = rep.reproduce(
         dataset,
