@@ -30,11 +30,6 @@ def run_label(run_dir: pathlib.Path) -> str:
     return "/".join(run_dir.resolve().parts[-3:])
 
 
-def plot_run(run_dir: pathlib.Path, out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
-    """Loss and validation curves of one run."""
-    return plot_runs([run_dir], out, metrics)
-
-
 def plot_runs(run_dirs: list[pathlib.Path], out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
     """Loss and validation curves of one or more runs, overlaid (e.g. two recipes on the same seed)."""
     import matplotlib

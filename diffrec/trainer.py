@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from diffrec import checkpoint as ckpt
-from diffrec.config import RunConfig
+from diffrec.config import RunConfig, TrainConfig
 from diffrec.data.batching import TrainExamples
 from diffrec.data.dataset import SequenceData
 from diffrec.errors import DiffrecError, TrainingDivergedError
@@ -108,7 +108,7 @@ class Trainer:
     # ------------------------------------------------------------- helpers
     def lr_at(self, epoch: int, step: int) -> float:
         t = self.config.train
-        lr = t.lr * t.lr_gamma ** (epoch // t.lr_step)  # StepLR
+        lr = step_lr(t, epoch)
         if t.warmup_steps > 0:
             lr *= min(1.0, (step + 1) / t.warmup_steps)
         return lr
@@ -143,11 +143,11 @@ class Trainer:
             if _without_budget(saved) != _without_budget(self.config):
                 raise DiffrecError(
                     f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
-                    "(only --epochs, and a learning-rate step that leaves the epochs already run unchanged, may change)"
+                    "(only --epochs, --device, --threads and a learning-rate step that leaves the epochs already run unchanged may change)"
                 )
             done = int(self.run.read_json(ckpt.STATE).get("epoch", 0))
             old, new = saved.train, self.config.train
-            if any(old.lr * old.lr_gamma ** (e // old.lr_step) != new.lr * new.lr_gamma ** (e // new.lr_step) for e in range(done)):
+            if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
                 raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
             if (new.epochs, new.lr_step, new.lr_gamma) != (old.epochs, old.lr_step, old.lr_gamma):
                 self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget or a later LR decay for the same run
@@ -263,6 +263,11 @@ class Trainer:
         }
         self.run.write_json(ckpt.FINAL, final)
         return final
+
+
+def step_lr(train: TrainConfig, epoch: int) -> float:
+    """StepLR: the base rate times gamma for every lr_step epochs completed (0-based epoch)."""
+    return train.lr * train.lr_gamma ** (epoch // train.lr_step)
 
 
 def _without_budget(config: RunConfig) -> dict[str, Any]:
