@@ -432,6 +432,7 @@ def reproduce(
     dataset: str = typer.Option(..., help="beauty, toys or ml-1m."),
     models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds). Seeds accumulate in the table across invocations."),
     recipe: str = typer.Option("paper", help="paper (the public code's schedule) or fast (named convergence options)."),
     data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
     out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
@@ -468,6 +469,7 @@ def reproduce(
             raise DiffrecError(f"unknown model preset {name!r}; valid choices: {', '.join(rep.PRESETS)}")
     if seeds < 1:
         raise DiffrecError("--seeds must be >= 1")
+    seed_list = sorted(set(seed)) if seed else [1997 + i for i in range(seeds)]
     if not (data_root / dataset).exists():
         raise DiffrecError(f"dataset folder not found: {data_root / dataset}")
     load_builtin_parts()
@@ -491,7 +493,7 @@ def reproduce(
     summary = rep.reproduce(
         dataset,
         models=names,
-        seeds=[1997 + i for i in range(seeds)],
+        seeds=seed_list,
         data_root=data_root,
         out_dir=out,
         recipe=recipe,

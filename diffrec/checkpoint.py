@@ -9,6 +9,7 @@ Layout of a run directory::
     trainer_state.json     epoch, best metrics, patience, RNG states, for --resume
     metrics.jsonl          one line per epoch
     metrics.json           final validation and test metrics (written last)
+    .lock                  held by the process training the run (removed when it stops)
 
 No pickle is used anywhere: tensors go to safetensors, everything else to JSON/TOML.
 """
@@ -19,6 +20,8 @@ import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,6 +39,43 @@ LAST = "last.safetensors"
 STATE = "trainer_state.json"
 EPOCHS = "metrics.jsonl"
 FINAL = "metrics.json"
+LOCK = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+
+@contextmanager
+def exclusive(run_dir: pathlib.Path) -> Iterator[None]:
+    """Hold the run directory's lock, so that two processes never train (or overwrite) one run.
+
+    The lock is an advisory ``flock`` on ``run_dir/.lock``; the kernel drops it when the
+    process ends, however it ends, so a crashed run never leaves a stale lock behind.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DiffrecError(f"{run_dir} exists and is not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    path = run_dir / LOCK
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            raise DiffrecError(f"{run_dir} is in use by another process (pid {owner}); wait for it to finish or pick another directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:

@@ -132,6 +132,19 @@ def _previous_entries(path: pathlib.Path) -> dict[str, Any]:
     return {k: v for k, v in models.items() if isinstance(v, dict) and "recipe" in v and "runs" in v}
 
 
+def _with_earlier_seeds(earlier: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry plus the seeds that an earlier invocation ran for the same preset and recipe and
+    this one did not: seeds accumulate across invocations (``--seed 1999`` adds to 1997 and 1998)."""
+    if earlier is None or earlier.get("recipe") != entry["recipe"]:
+        return entry
+    ran = {r["seed"] for r in entry["runs"]}
+    kept = [r for r in earlier["runs"] if isinstance(r, dict) and r.get("seed") not in ran and "test" in r and "valid" in r]
+    if not kept:
+        return entry
+    runs = sorted(kept + entry["runs"], key=lambda r: r["seed"])
+    return {**entry, "runs": runs, "test": aggregate([r["test"] for r in runs]), "valid": aggregate([r["valid"] for r in runs])}
+
+
 def paired_t_test(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of a paired t-test (None with fewer than two pairs or zero variance)."""
     if len(a) < 2 or len(a) != len(b):
@@ -253,7 +266,8 @@ def reproduce(
         summary["models"][entry_key(name, recipe)] = entry
     # entries of earlier (or concurrent) invocations stay; each records its own recipe, git SHA and
     # machine. The file is re-read here, after training, so a run that finished meanwhile is kept.
-    summary["models"] = {**_previous_entries(out_dir / f"{dataset}.json"), **summary["models"]}
+    previous = _previous_entries(out_dir / f"{dataset}.json")
+    summary["models"] = {**previous, **{k: _with_earlier_seeds(previous.get(k), v) for k, v in summary["models"].items()}}
     for key, entry in summary["models"].items():
         for old in [k for k in entry if k.startswith("t_test_vs_")]:
             del entry[old]

@@ -156,10 +156,15 @@ class Trainer:
                 raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
             self._restore_last()
             return
-        if self.run.exists() and any(self.run.path.iterdir()):
+        contents = [p for p in self.run.path.iterdir() if p.name != ckpt.LOCK] if self.run.exists() else []
+        if contents:
             if not force:
                 raise DiffrecError(f"output directory {self.run.path} exists and is not empty (use --force to overwrite or --resume to continue)")
-            shutil.rmtree(self.run.path)
+            for path in contents:  # everything but the lock this process holds
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.config.save(self.run.file(ckpt.CONFIG))
         self.run.write_json(ckpt.DATASET, ckpt.dataset_record(self.data, self.data_path))
@@ -197,12 +202,18 @@ class Trainer:
         ).metrics
 
     def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-        self._prepare_dir(resume, force)
+        created = not self.run.exists()
         try:
-            return self._fit()
+            with ckpt.exclusive(self.run.path):
+                self._prepare_dir(resume, force)
+                return self._fit()
         except TrainingDivergedError:
             if not resume:  # a fresh run that diverged leaves nothing half-written behind
                 shutil.rmtree(self.run.path, ignore_errors=True)
+            raise
+        except DiffrecError:
+            if created and self.run.exists() and not any(self.run.path.iterdir()):
+                self.run.path.rmdir()  # refused before anything was written
             raise
 
     def _fit(self) -> dict[str, Any]:

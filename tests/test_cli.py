@@ -169,3 +169,28 @@ def test_reproduce_and_bench_reject_bad_names(tmp_path):
     listing = run("reproduce", "--dataset", "beauty", "--list-presets")
     assert listing.exit_code == 0 and "diffurec-lambda0" in listing.stdout
     assert_clean_error(run("bench", "kernels", "--op", "matmul"), "unknown op 'matmul'")
+
+
+def test_reproduce_runs_the_seeds_asked_for(tmp_path):
+    from diffrec.data import make_synthetic
+
+    data = make_synthetic(num_users=150, num_items=40, seed=2)
+    (tmp_path / "beauty").mkdir()
+    (tmp_path / "beauty" / "sequences.txt").write_text("".join(f"{u + 1} {' '.join(map(str, s))}\n" for u, s in enumerate(data.sequences)))
+    args = ["reproduce", "--dataset", "beauty", "--models", "caser-ce", "--data-root", tmp_path, "--out", tmp_path / "out", "--epochs", "1", "-q"]
+    result = run(*args, "--seed", "5", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "runs" / "beauty" / "paper" / "caser-ce").iterdir()) == ["seed3", "seed5"]
+    result = run(*args, "--seed", "4")
+    summary = json.loads((tmp_path / "out" / "beauty.json").read_text())
+    assert [r["seed"] for r in summary["models"]["caser-ce"]["runs"]] == [3, 4, 5]
+    assert "| caser-ce | 3 | 1 |" in result.stdout
+
+
+def test_train_refuses_a_directory_in_use(tmp_path):
+    from diffrec import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    with ckpt.exclusive(out):
+        assert_clean_error(run("train", "--out", out, "--force", *TINY), "is in use by another process")
+    assert not any(out.iterdir())

@@ -163,3 +163,25 @@ def test_a_summary_written_meanwhile_is_kept(tmp_path):
     saved = json.loads((tmp_path / "out" / "beauty.json").read_text())
     assert set(saved["models"]) == {"diffurec", "diffurec-lambda0"}
     assert "t_test_vs_diffurec" in saved["models"]["diffurec-lambda0"]
+
+
+def test_seeds_accumulate_across_invocations(tmp_path):
+    """A later invocation with another seed adds to the table instead of replacing the earlier seeds."""
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=200, num_items=40, seed=7))
+    kwargs = dict(models=["diffurec", "diffurec-lambda0"], data_root=root, out_dir=tmp_path / "out", overrides=tiny, show_progress=False, log=lambda _: None)
+    first = reproduce("beauty", seeds=[1], **kwargs)
+    reproduce("beauty", seeds=[2], **kwargs)
+    saved = json.loads((tmp_path / "out" / "beauty.json").read_text())
+    for name in ("diffurec", "diffurec-lambda0"):
+        entry = saved["models"][name]
+        assert [r["seed"] for r in entry["runs"]] == [1, 2]
+        assert entry["runs"][0]["test"] == first["models"][name]["runs"][0]["test"]
+        hr = [r["test"]["HR@10"] for r in entry["runs"]]
+        assert entry["test"]["HR@10"]["mean"] == pytest.approx(sum(hr) / 2)
+        assert entry["test"]["HR@10"]["std"] == pytest.approx(abs(hr[0] - hr[1]) / 2**0.5)
+    assert set(saved["models"]["diffurec-lambda0"]["t_test_vs_diffurec"]) == {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"}
+    reproduce("beauty", seeds=[2], recipe="fast", **kwargs)  # another recipe is another entry
+    saved = json.loads((tmp_path / "out" / "beauty.json").read_text())
+    assert [r["seed"] for r in saved["models"]["diffurec@fast"]["runs"]] == [2]
+    assert [r["seed"] for r in saved["models"]["diffurec"]["runs"]] == [1, 2]

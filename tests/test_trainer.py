@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffrec import checkpoint as ckpt
 from diffrec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from diffrec.data.synthetic import make_synthetic, popularity_hr_at_k
 from diffrec.errors import DiffrecError, TrainingDivergedError
@@ -97,6 +98,20 @@ def test_existing_output_is_not_clobbered(tmp_path, small_data):
     assert not (run / "precious.txt").exists()
 
 
+def test_a_run_directory_in_use_is_refused(tmp_path, small_data):
+    """A second process may neither resume nor overwrite a run that another process is training."""
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
+    assert not (run / ckpt.LOCK).exists()  # released when training ends
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with ckpt.exclusive(run):  # another trainer holds the run
+        for kwargs in ({"resume": True}, {"force": True}, {}):
+            with pytest.raises(DiffrecError, match=r"in use by another process \(pid \d+\)"):
+                Trainer(tiny_config(epochs=2), small_data, run, show_progress=False).fit(**kwargs)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert Trainer(tiny_config(epochs=2), small_data, run, show_progress=False).fit(resume=True)["epochs_run"] == 2
+
+
 def test_resume_extends_the_epoch_budget(tmp_path, small_data):
     run = tmp_path / "run"
     Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
@@ -134,6 +149,7 @@ def test_resume_refuses_other_options_or_data(tmp_path, small_data):
         Trainer(tiny_config(epochs=1), other, run, show_progress=False).fit(resume=True)
     with pytest.raises(DiffrecError, match="not a run directory"):
         Trainer(tiny_config(epochs=1), small_data, tmp_path / "nothing", show_progress=False).fit(resume=True)
+    assert not (tmp_path / "nothing").exists()  # a refused run leaves no empty directory behind
 
 
 def test_nan_loss_stops_cleanly(tmp_path, small_data):
