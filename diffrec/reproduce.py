@@ -340,22 +340,25 @@ def _duration(seconds: float) -> str:
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """Test metrics (mean ± std over seeds), epochs run, p-value against DiffuRec and wall time per seed."""
+    """Test metrics (mean ± std over seeds), epochs run, paired-t-test p-values against DiffuRec
+    (same recipe, shared seeds) and wall time per seed."""
     keys = METRICS
+    tested = ("HR@10", "NDCG@10")
     lines = [
-        f"| model | seeds | epochs | {' | '.join(keys)} | p (HR@10 vs DiffuRec) | wall per seed |",
-        "|---|---|---|" + "---|" * len(keys) + "---|---|",
+        f"| model | seeds | epochs | {' | '.join(keys)} | {' | '.join(f'p {k} vs DiffuRec' for k in tested)} | wall per seed |",
+        "|---|---|---|" + "---|" * (len(keys) + len(tested)) + "---|",
     ]
     for name, entry in summary["models"].items():
         cells = [_mean_std(entry["test"][k]) for k in keys]
-        p = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {}).get("HR@10")
+        t_test = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {})
+        p_values = ["n/a" if t_test.get(k) is None else f"{t_test[k]:.3g}" for k in tested]
         runs = entry["runs"]
         epochs = sorted({r.get("epochs_run") for r in runs if r.get("epochs_run") is not None})
         wall = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
         lines.append(
-            f"| {name} | {len(runs)} | {'/'.join(map(str, epochs)) or '?'} | {' | '.join(cells)} | "
-            f"{'n/a' if p is None else f'{p:.3g}'} | {_duration(float(np.mean(wall))) if wall else '?'} |"
+            f"| {name} | {len(runs)} | {'/'.join(map(str, epochs)) or '?'} | {' | '.join(cells)} | {' | '.join(p_values)} | "
+            f"{_duration(float(np.mean(wall))) if wall else '?'} |"
         )
     for name, row in summary.get("paper", {}).items():
-        lines.append(f"| paper: {name} | 5 | | {' | '.join(f'{row[k]:.2f}' for k in keys)} | | |")
+        lines.append(f"| paper: {name} | 5 | | {' | '.join(f'{row[k]:.2f}' for k in keys)} | {' | '.join('' for _ in tested)} | |")
     return "\n".join(lines)
