@@ -156,7 +156,7 @@ class Trainer:
                 raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
             self._restore_last()
             return
-        contents = [p for p in self.run.path.iterdir() if p.name != ckpt.LOCK] if self.run.exists() else []
+        contents = [p for p in self.run.path.iterdir() if p.name != ckpt.LOCK]  # the directory exists: fit() holds its lock
         if contents:
             if not force:
                 raise DiffrecError(f"output directory {self.run.path} exists and is not empty (use --force to overwrite or --resume to continue)")
@@ -165,7 +165,6 @@ class Trainer:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-        self.run.path.mkdir(parents=True, exist_ok=True)
         self.config.save(self.run.file(ckpt.CONFIG))
         self.run.write_json(ckpt.DATASET, ckpt.dataset_record(self.data, self.data_path))
 
