@@ -198,7 +198,7 @@ def reproduce(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train (or reuse) every (model, seed) run and write ``out_dir/<dataset>.json``."""
-    from diffrec.trainer import Trainer
+    from diffrec.trainer import RESUMABLE_CHANGES, Trainer
 
     if dataset not in DATASETS:
         raise DiffrecError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
@@ -250,9 +250,10 @@ def reproduce(
                 if resume:
                     wanted = config.train
                     config = run.config()
-                    config.train.epochs = max(wanted.epochs, config.train.epochs)
-                    for key in ("lr_step", "lr_gamma", "device", "num_threads"):  # runtime settings of this invocation
+                    stored_epochs = config.train.epochs
+                    for key in RESUMABLE_CHANGES:  # this invocation's budget, schedule, device and threads
                         setattr(config.train, key, getattr(wanted, key))
+                    config.train.epochs = max(wanted.epochs, stored_epochs)  # never shorten a run
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0

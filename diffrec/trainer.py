@@ -280,11 +280,15 @@ def step_lr(train: TrainConfig, epoch: int) -> float:
     return train.lr * train.lr_gamma ** (epoch // train.lr_step)
 
 
+#: TrainConfig fields a resumed run may change: the epoch budget, the StepLR schedule (checked
+#: separately against the epochs already run) and where it runs (device, threads).
+RESUMABLE_CHANGES = ("epochs", "lr_step", "lr_gamma", "device", "num_threads")
+
+
 def _without_budget(config: RunConfig) -> dict[str, Any]:
-    """The config minus what a resumed run may change: the epoch budget, the StepLR schedule
-    (checked separately against the epochs already run) and where it runs (device, threads)."""
+    """The config minus what a resumed run may change (RESUMABLE_CHANGES)."""
     raw = config.to_dict()
-    for key in ("epochs", "lr_step", "lr_gamma", "device", "num_threads"):
+    for key in RESUMABLE_CHANGES:
         raw["train"].pop(key)
     return raw
 
