@@ -78,8 +78,19 @@ def exclusive(run_dir: pathlib.Path) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+@contextmanager
+def waiting_lock(path: pathlib.Path) -> Iterator[None]:
+    """Wait for, then hold, an advisory lock on ``path`` (created if missing, never removed):
+    serialises a read-modify-write of a file that several processes update, such as a summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 

@@ -73,12 +73,18 @@ PRESETS: dict[str, Preset] = {
     "stosa-ce": Preset("stosa", (("loss", "ce"), ("options", {"objective": "next"})), "STOSA trained with full cross-entropy on -W2 scores"),
 }
 
-#: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options.
+#: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options;
+#: "long" = "fast" with a longer stretch at the full learning rate.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},
     "fast": {
         "model": {"emb_init_std": 0.05},
         "train": {"epochs": 21, "eval_every": 3, "patience": 2, "lr_step": 15},
+    },
+    # "fast" with 27 epochs at the full rate before the decay, instead of 15.
+    "long": {
+        "model": {"emb_init_std": 0.05},
+        "train": {"epochs": 33, "eval_every": 3, "patience": 2, "lr_step": 27},
     },
 }
 
@@ -267,24 +273,26 @@ def reproduce(
         summary["models"][entry_key(name, recipe)] = entry
     # entries of earlier (or concurrent) invocations stay; each records its own recipe, git SHA and
     # machine. The file is re-read here, after training, so a run that finished meanwhile is kept.
-    previous = _previous_entries(out_dir / f"{dataset}.json")
-    summary["models"] = {**previous, **{k: _with_earlier_seeds(previous.get(k), v) for k, v in summary["models"].items()}}
-    for key, entry in summary["models"].items():
-        for old in [k for k in entry if k.startswith("t_test_vs_")]:
-            del entry[old]
-        reference = entry_key("diffurec", entry["recipe"])
-        if key == reference or reference not in summary["models"]:
-            continue
-        by_seed = {r["seed"]: r for r in summary["models"][reference]["runs"]}
-        pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
-        entry["t_test_vs_" + reference] = {
-            metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
-            for metric in METRICS
-        }
-    summary["machine"] = machine()
-    summary["wall_seconds"] = time.perf_counter() - started
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(out_dir / f"{dataset}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    # A lock beside the summary serialises this read-merge-write between processes.
+    with ckpt.waiting_lock(out_dir / f".{dataset}.json.lock"):
+        previous = _previous_entries(out_dir / f"{dataset}.json")
+        summary["models"] = {**previous, **{k: _with_earlier_seeds(previous.get(k), v) for k, v in summary["models"].items()}}
+        for key, entry in summary["models"].items():
+            for old in [k for k in entry if k.startswith("t_test_vs_")]:
+                del entry[old]
+            reference = entry_key("diffurec", entry["recipe"])
+            if key == reference or reference not in summary["models"]:
+                continue
+            by_seed = {r["seed"]: r for r in summary["models"][reference]["runs"]}
+            pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
+            entry["t_test_vs_" + reference] = {
+                metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
+                for metric in METRICS
+            }
+        summary["machine"] = machine()
+        summary["wall_seconds"] = time.perf_counter() - started
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out_dir / f"{dataset}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
