@@ -4,7 +4,7 @@ import pytest
 
 from diffrec.data import make_synthetic
 from diffrec.errors import DiffrecError
-from diffrec.reproduce import PRESETS, markdown_table, paired_t_test, preset_config, reproduce
+from diffrec.reproduce import PRESETS, RECIPES, markdown_table, paired_t_test, preset_config, reproduce
 
 
 def write_sequences(path, data):
@@ -85,6 +85,19 @@ def test_presets_and_errors():
     with pytest.raises(DiffrecError, match="unknown model preset"):
         preset_config("nope", "beauty", "paper", 1, "x")
     assert "sasrec-ce" in PRESETS
+    with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):
+        preset_config("diffurec", "beauty", "slow", 1, "x")
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_under_every_recipe(name, recipe):
+    config = preset_config(name, "toys", recipe, 3, "x")
+    assert config.model.model == PRESETS[name].model and config.train.seed == 3
+    for key, value in RECIPES[recipe]["train"].items():
+        assert getattr(config.train, key) == value
+    if recipe != "paper":
+        assert config.train.lr_step < config.train.epochs  # the decay happens within the budget
 
 
 def test_paired_t_test():
@@ -185,3 +198,45 @@ def test_seeds_accumulate_across_invocations(tmp_path):
     saved = json.loads((tmp_path / "out" / "beauty.json").read_text())
     assert [r["seed"] for r in saved["models"]["diffurec@fast"]["runs"]] == [2]
     assert [r["seed"] for r in saved["models"]["diffurec"]["runs"]] == [1, 2]
+
+
+def test_summary_merge_waits_for_a_concurrent_writer(tmp_path):
+    """Two processes adding seeds to one table: the later merge waits for the earlier write and keeps it."""
+    import threading
+    import time
+
+    from diffrec import checkpoint as ckpt
+
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=200, num_items=40, seed=7))
+    out = tmp_path / "out"
+    kwargs = dict(models=["diffurec"], data_root=root, out_dir=out, overrides=tiny, show_progress=False, log=lambda _: None)
+    reproduce("beauty", seeds=[1], **kwargs)
+    summary = out / "beauty.json"
+    errors = []
+
+    def second_process():
+        try:
+            reproduce("beauty", seeds=[2], **kwargs)
+        except Exception as err:  # surfaced by the assertion below
+            errors.append(err)
+
+    with ckpt.waiting_lock(out / ".beauty.json.lock"):  # a concurrent writer holds the summary
+        worker = threading.Thread(target=second_process)
+        worker.start()
+        finished = out / "runs" / "beauty" / "paper" / "diffurec" / "seed2" / ckpt.FINAL
+        deadline = time.monotonic() + 120
+        while not finished.exists() and time.monotonic() < deadline and worker.is_alive():
+            time.sleep(0.05)
+        worker.join(timeout=1.0)
+        assert worker.is_alive(), "the merge did not wait for the lock"
+        saved = json.loads(summary.read_text())
+        assert [r["seed"] for r in saved["models"]["diffurec"]["runs"]] == [1]
+        saved["models"]["other"] = {**saved["models"]["diffurec"], "model": "other"}
+        summary.write_text(json.dumps(saved))  # the concurrent writer's update
+    worker.join(timeout=120)
+    assert not worker.is_alive() and not errors
+    saved = json.loads(summary.read_text())
+    assert [r["seed"] for r in saved["models"]["diffurec"]["runs"]] == [1, 2]
+    assert "other" in saved["models"]
+    assert not list(out.glob("*.tmp"))
