@@ -143,14 +143,20 @@ class Trainer:
             if _without_budget(saved) != _without_budget(self.config):
                 raise DiffrecError(
                     f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
-                    "(only --epochs, --device, --threads and a learning-rate step that leaves the epochs already run unchanged may change)"
+                    "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
                 )
             done = int(self.run.read_json(ckpt.STATE).get("epoch", 0))
             old, new = saved.train, self.config.train
             if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
                 raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
-            if (new.epochs, new.lr_step, new.lr_gamma) != (old.epochs, old.lr_step, old.lr_gamma):
-                self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget or a later LR decay for the same run
+            if new.patience != old.patience:
+                state = self.run.read_json(ckpt.STATE)
+                if new.patience < old.patience or state.get("stopped_early"):
+                    raise DiffrecError(
+                        f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early"
+                    )
+            if any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience")):
+                self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget, a later LR decay or more patience for the same run
             recorded = self.run.dataset()
             if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
                 raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
@@ -281,8 +287,9 @@ def step_lr(train: TrainConfig, epoch: int) -> float:
 
 
 #: TrainConfig fields a resumed run may change: the epoch budget, the StepLR schedule (checked
-#: separately against the epochs already run) and where it runs (device, threads).
-RESUMABLE_CHANGES = ("epochs", "lr_step", "lr_gamma", "device", "num_threads")
+#: separately against the epochs already run), a larger patience for a run that has not stopped
+#: (the epochs run stay those of a straight run with it) and where it runs (device, threads).
+RESUMABLE_CHANGES = ("epochs", "lr_step", "lr_gamma", "patience", "device", "num_threads")
 
 
 def _without_budget(config: RunConfig) -> dict[str, Any]:

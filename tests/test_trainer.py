@@ -168,3 +168,17 @@ def test_warmup_and_step_schedule():
     assert [trainer.lr_at(0, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert trainer.lr_at(2, 10) == 0.5 and trainer.lr_at(5, 10) == 0.25
     assert np.isclose(trainer.lr_at(4, 0), 0.25 * 0.25)
+
+
+def test_resume_may_raise_the_patience_of_a_running_run_only(tmp_path, small_data):
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=1, patience=2), small_data, run, show_progress=False).fit()
+    with pytest.raises(DiffrecError, match=r"--patience may only grow \(2 -> 1\)"):
+        Trainer(tiny_config(epochs=2, patience=1), small_data, run, show_progress=False).fit(resume=True)
+    final = Trainer(tiny_config(epochs=2, patience=4), small_data, run, show_progress=False).fit(resume=True)
+    assert final["epochs_run"] == 2
+    assert "patience = 4" in (run / "config.toml").read_text()
+    state = json.loads((run / ckpt.STATE).read_text())
+    (run / ckpt.STATE).write_text(json.dumps({**state, "stopped_early": True}))
+    with pytest.raises(DiffrecError, match="only for a run that has not stopped early"):
+        Trainer(tiny_config(epochs=3, patience=6), small_data, run, show_progress=False).fit(resume=True)
