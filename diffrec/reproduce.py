@@ -265,7 +265,8 @@ def reproduce(
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0
                 final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume)
-                final["wall_seconds"] = earlier + time.perf_counter() - t0  # all invocations of this run
+                if "wall_seconds" not in final:  # a run begun before the trainer timed its epochs
+                    final["wall_seconds"] = earlier + time.perf_counter() - t0  # the invocations that finished
                 run.write_json(ckpt.FINAL, final)
             entry["runs"].append({"seed": seed, "run_dir": str(run_dir), "command": command, **final})
         entry["machine"] = machine()  # after training, which sets the thread count

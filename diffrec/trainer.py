@@ -71,6 +71,8 @@ class TrainState:
     stopped_early: bool = False
     epoch_seconds: list[float] = field(default_factory=list)
     examples_per_second: list[float] = field(default_factory=list)
+    #: wall time of each completed epoch (training, validation, checkpoint), across invocations
+    epoch_wall_seconds: list[float] = field(default_factory=list)
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -227,6 +229,7 @@ class Trainer:
             return self._finish()
         while self.state.epoch < t.epochs and not self.state.stopped_early:
             epoch = self.state.epoch
+            started = time.perf_counter()
             loss, seconds, n = self.train_epoch(epoch)
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
@@ -252,6 +255,7 @@ class Trainer:
                     if self.state.bad_evals >= t.patience:
                         self.state.stopped_early = True
             self.state.epoch = epoch + 1
+            self.state.epoch_wall_seconds.append(time.perf_counter() - started)
             self._save_last()
             self.run.append_jsonl(ckpt.EPOCHS, record)
             if self.on_epoch is not None:
@@ -259,6 +263,7 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
+        started = time.perf_counter()
         best = self.run.file(ckpt.BEST)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
         common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress)
@@ -277,6 +282,10 @@ class Trainer:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
+        # The wall time of the run as if trained straight through: every epoch (whichever
+        # invocation ran it) plus this final test; unknown for runs begun before epochs were timed.
+        if len(self.state.epoch_wall_seconds) == self.state.epoch:
+            final["wall_seconds"] = sum(self.state.epoch_wall_seconds) + time.perf_counter() - started
         self.run.write_json(ckpt.FINAL, final)
         return final
 

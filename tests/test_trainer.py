@@ -182,3 +182,20 @@ def test_resume_may_raise_the_patience_of_a_running_run_only(tmp_path, small_dat
     (run / ckpt.STATE).write_text(json.dumps({**state, "stopped_early": True}))
     with pytest.raises(DiffrecError, match="only for a run that has not stopped early"):
         Trainer(tiny_config(epochs=3, patience=6), small_data, run, show_progress=False).fit(resume=True)
+
+
+def test_wall_time_counts_every_epoch_across_invocations(tmp_path, small_data):
+    """An interrupted and resumed run reports the wall time of all its epochs, not just the last invocation's."""
+    run = tmp_path / "run"
+    first = Trainer(tiny_config(epochs=2), small_data, run, show_progress=False).fit()
+    walls = json.loads((run / ckpt.STATE).read_text())["epoch_wall_seconds"]
+    assert len(walls) == 2 and all(w > 0 for w in walls)
+    assert first["wall_seconds"] >= sum(walls)
+    final = Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit(resume=True)
+    walls3 = json.loads((run / ckpt.STATE).read_text())["epoch_wall_seconds"]
+    assert walls3[:2] == walls and len(walls3) == 3
+    assert 0 <= final["wall_seconds"] - sum(walls3) < 60  # all three epochs plus this invocation's test
+    # a run whose earlier epochs were not timed reports no wall time rather than a partial one
+    state = json.loads((run / ckpt.STATE).read_text())
+    (run / ckpt.STATE).write_text(json.dumps({**state, "epoch_wall_seconds": walls3[1:]}))
+    assert "wall_seconds" not in Trainer(tiny_config(epochs=4), small_data, run, show_progress=False).fit(resume=True)
