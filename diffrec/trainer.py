@@ -147,12 +147,12 @@ class Trainer:
                     f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
                     "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
                 )
-            done = int(self.run.read_json(ckpt.STATE).get("epoch", 0))
+            state = self.run.read_json(ckpt.STATE)
+            done = int(state.get("epoch", 0))
             old, new = saved.train, self.config.train
             if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
                 raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
             if new.patience != old.patience:
-                state = self.run.read_json(ckpt.STATE)
                 if new.patience < old.patience or state.get("stopped_early"):
                     raise DiffrecError(
                         f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early"
