@@ -9,6 +9,7 @@ model over the seeds, the commands, the git SHA, the machine and the wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import platform
@@ -257,10 +258,10 @@ def reproduce(
                 if resume:
                     wanted = config.train
                     config = run.config()
-                    stored_epochs = config.train.epochs
-                    for key in RESUMABLE_CHANGES:  # this invocation's budget, schedule, device and threads
-                        setattr(config.train, key, getattr(wanted, key))
-                    config.train.epochs = max(wanted.epochs, stored_epochs)  # never shorten a run
+                    stored = config.train
+                    config.train = dataclasses.replace(stored, **{key: getattr(wanted, key) for key in RESUMABLE_CHANGES})
+                    for key in ("epochs", "patience"):  # never shorten a run or its patience
+                        setattr(config.train, key, max(getattr(wanted, key), getattr(stored, key)))
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0

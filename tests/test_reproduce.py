@@ -240,3 +240,24 @@ def test_summary_merge_waits_for_a_concurrent_writer(tmp_path):
     assert [r["seed"] for r in saved["models"]["diffurec"]["runs"]] == [1, 2]
     assert "other" in saved["models"]
     assert not list(out.glob("*.tmp"))
+
+
+def test_extending_a_run_keeps_its_larger_patience(tmp_path):
+    """A later invocation without the earlier --patience extends the run instead of refusing it."""
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=200, num_items=40, seed=7))
+    kwargs = dict(models=["diffurec"], seeds=[1], data_root=root, out_dir=tmp_path / "out", show_progress=False, log=lambda _: None)
+
+    def patient(config):
+        tiny(config)
+        config.train.patience = 9
+
+    def longer(config):
+        tiny(config)
+        config.train.epochs = 2
+
+    reproduce("beauty", overrides=patient, **kwargs)
+    extended = reproduce("beauty", overrides=longer, **kwargs)
+    assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
+    config = (tmp_path / "out" / "runs" / "beauty" / "paper" / "diffurec" / "seed1" / "config.toml").read_text()
+    assert "patience = 9" in config and "epochs = 2" in config
