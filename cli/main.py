@@ -445,6 +445,7 @@ def reproduce(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
     table_only: bool = typer.Option(False, "--table-only", help="Print the table of OUT/<dataset>.json and exit (trains nothing)."),
+    reference: Optional[str] = typer.Option(None, help="Table entry the printed t-tests compare against, e.g. diffurec@fast (default: DiffuRec of each entry's recipe)."),
 ) -> None:
     """Train every model preset over seeds on a shipped dataset and tabulate against the paper."""
     from diffrec import reproduce as rep
@@ -459,9 +460,10 @@ def reproduce(
             raise DiffrecError(f"{path} not found (run the reproduction first)")
         try:
             summary = json.loads(path.read_text())
-            print(rep.markdown_table(summary))
+            table = rep.markdown_table(summary, reference)
         except (ValueError, KeyError, TypeError) as err:
             raise DiffrecError(f"{path} is not a reproduction summary ({err})") from None
+        print(table)
         return
     names = [m.strip() for m in models.split(",") if m.strip()]
     for name in names:
@@ -475,6 +477,16 @@ def reproduce(
     load_builtin_parts()
     for name in names:
         registry("model").get(rep.PRESETS[name].model)
+    if reference is not None:  # checked before training, not after
+        earlier = out / f"{dataset}.json"
+        known = {rep.entry_key(name, recipe) for name in names}
+        if earlier.is_file():
+            try:
+                known |= set(json.loads(earlier.read_text()).get("models", {}))
+            except (OSError, ValueError, AttributeError):
+                pass  # reproduce() reports an unreadable summary
+        if reference not in known:
+            raise DiffrecError(f"--reference {reference!r} is neither in {earlier} nor trained by this command; valid choices: {', '.join(sorted(known))}")
 
     train_overrides = {
         "epochs": epochs,
@@ -501,7 +513,7 @@ def reproduce(
         show_progress=not quiet and console.is_terminal,
         log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
-    print(rep.markdown_table(summary))
+    print(rep.markdown_table(summary, reference))
     console.print(f"summary written to {out / (dataset + '.json')}", highlight=False)
 
 

@@ -165,6 +165,16 @@ def paired_t_test(a: list[float], b: list[float]) -> float | None:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
+def t_tests(reference: dict[str, Any], entry: dict[str, Any]) -> dict[str, float | None]:
+    """Paired t-test p-value per test metric of two summary entries, over the seeds both ran."""
+    by_seed = {r["seed"]: r for r in reference["runs"]}
+    pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
+    return {
+        metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
+        for metric in METRICS
+    }
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=pathlib.Path(__file__).parent)
@@ -286,12 +296,7 @@ def reproduce(
             reference = entry_key("diffurec", entry["recipe"])
             if key == reference or reference not in summary["models"]:
                 continue
-            by_seed = {r["seed"]: r for r in summary["models"][reference]["runs"]}
-            pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
-            entry["t_test_vs_" + reference] = {
-                metric: paired_t_test([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
-                for metric in METRICS
-            }
+            entry["t_test_vs_" + reference] = t_tests(summary["models"][reference], entry)
         summary["machine"] = machine()
         summary["wall_seconds"] = time.perf_counter() - started
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,18 +356,26 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """Test metrics (mean ± std over seeds), epochs run, paired-t-test p-values against DiffuRec
-    (same recipe, shared seeds) and wall time per seed."""
+def markdown_table(summary: dict[str, Any], reference: str | None = None) -> str:
+    """Test metrics (mean ± std over seeds), epochs run, paired-t-test p-values and wall time per
+    seed. The tests compare each entry with DiffuRec of the same recipe over the seeds both ran or,
+    given ``reference`` (a summary key such as ``diffurec@fast``), with that entry, so that recipes
+    and controls can be tested against each other."""
     keys = METRICS
     tested = ("HR@10", "NDCG@10")
+    if reference is not None and reference not in summary["models"]:
+        raise DiffrecError(f"no entry {reference!r} in the summary; valid choices: {', '.join(summary['models'])}")
+    against = reference or "DiffuRec"
     lines = [
-        f"| model | seeds | epochs | {' | '.join(keys)} | {' | '.join(f'p {k} vs DiffuRec' for k in tested)} | wall per seed |",
+        f"| model | seeds | epochs | {' | '.join(keys)} | {' | '.join(f'p {k} vs {against}' for k in tested)} | wall per seed |",
         "|---|---|---|" + "---|" * (len(keys) + len(tested)) + "---|",
     ]
     for name, entry in summary["models"].items():
         cells = [_mean_std(entry["test"][k]) for k in keys]
-        t_test = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {})
+        if reference is None:
+            t_test = next((v for k, v in entry.items() if k.startswith("t_test_vs_")), {})
+        else:
+            t_test = {} if name == reference else t_tests(summary["models"][reference], entry)
         p_values = ["n/a" if t_test.get(k) is None else f"{t_test[k]:.3g}" for k in tested]
         runs = entry["runs"]
         epochs = sorted({r.get("epochs_run") for r in runs if r.get("epochs_run") is not None})

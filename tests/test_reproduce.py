@@ -261,3 +261,55 @@ def test_extending_a_run_keeps_its_larger_patience(tmp_path):
     assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
     config = (tmp_path / "out" / "runs" / "beauty" / "paper" / "diffurec" / "seed1" / "config.toml").read_text()
     assert "patience = 9" in config and "epochs = 2" in config
+
+
+def _entry(recipe, per_seed):
+    runs = [{"seed": s, "epochs_run": 3, "wall_seconds": 10.0, "test": {k: v for k in ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")}} for s, v in per_seed.items()]
+    from diffrec.reproduce import aggregate
+
+    return {"recipe": recipe, "runs": runs, "test": aggregate([r["test"] for r in runs])}
+
+
+def test_table_tests_against_a_chosen_reference(tmp_path):
+    """``--reference`` makes the printed t-tests compare every entry with one entry, over shared seeds."""
+    from scipy import stats
+    from typer.testing import CliRunner
+
+    from diffrec.cli.main import app
+
+    summary = {
+        "models": {
+            "diffurec@fast": _entry("fast", {1: 8.0, 2: 8.2, 3: 8.1}),
+            "diffurec@long": _entry("long", {1: 7.9, 2: 7.95, 3: 8.3, 4: 1.0}),  # seed 4 has no pair
+            "sasrec@long": _entry("long", {5: 1.0}),
+        },
+        "paper": {},
+    }
+    table = markdown_table(summary, "diffurec@fast")
+    assert "p HR@10 vs diffurec@fast" in table
+    expected = stats.ttest_rel([8.0, 8.2, 8.1], [7.9, 7.95, 8.3]).pvalue
+    row = next(line for line in table.splitlines() if line.startswith("| diffurec@long |"))
+    assert row.split(" | ")[-3:-1] == [f"{expected:.3g}"] * 2
+    assert next(line for line in table.splitlines() if line.startswith("| sasrec@long |")).split(" | ")[-3:-1] == ["n/a", "n/a"]
+    assert next(line for line in table.splitlines() if line.startswith("| diffurec@fast |")).split(" | ")[-3:-1] == ["n/a", "n/a"]
+    assert "p HR@10 vs DiffuRec" in markdown_table(summary)  # default: the stored same-recipe tests
+    with pytest.raises(DiffrecError, match="valid choices: diffurec@fast, diffurec@long"):
+        markdown_table(summary, "diffurec")
+    (tmp_path / "beauty.json").write_text(json.dumps(summary))
+    runner = CliRunner()
+    ok = runner.invoke(app, ["reproduce", "--dataset", "beauty", "--table-only", "--out", str(tmp_path), "--reference", "diffurec@fast"])
+    assert ok.exit_code == 0 and f"| {expected:.3g} | {expected:.3g} |" in ok.output
+    bad = runner.invoke(app, ["reproduce", "--dataset", "beauty", "--table-only", "--out", str(tmp_path), "--reference", "nope"])
+    assert bad.exit_code != 0 and "no entry 'nope'" in bad.output and "Traceback" not in bad.output
+
+
+def test_unknown_reference_is_refused_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffrec.cli.main import app
+
+    write_sequences(tmp_path / "datasets" / "beauty", make_synthetic(num_users=50, num_items=20, seed=1))
+    args = ["reproduce", "--dataset", "beauty", "--models", "sasrec", "--data-root", str(tmp_path / "datasets"), "--out", str(tmp_path / "out"), "--epochs", "1"]
+    bad = CliRunner().invoke(app, [*args, "--reference", "diffurec@fast"])
+    assert bad.exit_code != 0 and "--reference 'diffurec@fast'" in bad.output and "valid choices: sasrec" in bad.output
+    assert not (tmp_path / "out").exists()
