@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# run from the checkout: the editable install makes diffrec.kernels importable from here
-python -c "import diffrec.kernels" 2>/dev/null || python -m pip install -q -e ".[dev]"
+# run from the checkout: the editable install makes diffrec.kernels importable from here. It
+# needs no network (no dependencies, no build isolation): GPU images hold torch, triton and pytest.
+python -c "import diffrec.kernels" 2>/dev/null || python -m pip install -q --no-deps --no-build-isolation -e .
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'run_gpu.sh: no CUDA device visible')"
 python -c "import triton" || { echo "run_gpu.sh: triton is not installed" >&2; exit 1; }
 

@@ -18,7 +18,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-import tomli_w
 
 from diffrec.errors import DiffrecError
 
@@ -181,6 +180,8 @@ class RunConfig:
 
     def save(self, path: str | pathlib.Path) -> None:
         path = pathlib.Path(path)
+        import tomli_w  # only writing needs it: the library imports without it
+
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(tomli_w.dumps(self.to_dict()))
         tmp.replace(path)

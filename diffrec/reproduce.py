@@ -129,6 +129,21 @@ def _check_same_run(stored: RunConfig, wanted: RunConfig, run_dir: pathlib.Path)
         raise DiffrecError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); move it away or pick another --out")
 
 
+def _never_trained(run: ckpt.RunDir, finished: bool, run_dir: pathlib.Path, epochs: int, final: dict[str, Any]) -> bool:
+    """Whether a run directory without a checkpoint to resume from may be started over: true when
+    it is absent or holds no finished epoch (a run stopped during its first epoch); an error when
+    it holds epochs whose checkpoint is gone (a fresh checkout keeps configs and metrics only)."""
+    if finished:
+        raise DiffrecError(
+            f"{run_dir} finished after {final.get('epochs_run', '?')} epochs; extending it to {epochs} needs its "
+            f"checkpoint {ckpt.LAST}, which is not there; restore it, or reuse the run with --epochs {final.get('epochs_run', '?')}"
+        )
+    log_file = run.file(ckpt.EPOCHS)
+    if log_file.is_file() and log_file.read_text().strip():
+        raise DiffrecError(f"{run_dir} holds trained epochs but no checkpoint {ckpt.LAST} to resume from; restore it or move the directory away")
+    return run_dir.is_dir()
+
+
 def _previous_entries(path: pathlib.Path) -> dict[str, Any]:
     """Model entries of an earlier summary, so runs of other models and recipes stay in the table."""
     if not path.is_file():
@@ -265,6 +280,7 @@ def reproduce(
                 log(f"{name} seed {seed}: reusing {run_dir}")
             else:
                 resume = run.file(ckpt.LAST).is_file()
+                fresh = not resume and _never_trained(run, finished, run_dir, config.train.epochs, final)
                 if resume:
                     wanted = config.train
                     config = run.config()
@@ -275,7 +291,7 @@ def reproduce(
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()
                 earlier = final.get("wall_seconds", 0.0) if finished else 0.0
-                final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume)
+                final = Trainer(config, data, run_dir, data_path=str(data_path), show_progress=show_progress).fit(resume=resume, force=fresh)
                 if "wall_seconds" not in final:  # a run begun before the trainer timed its epochs
                     final["wall_seconds"] = earlier + time.perf_counter() - t0  # the invocations that finished
                 run.write_json(ckpt.FINAL, final)

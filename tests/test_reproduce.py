@@ -313,3 +313,36 @@ def test_unknown_reference_is_refused_before_training(tmp_path):
     bad = CliRunner().invoke(app, [*args, "--reference", "diffurec@fast"])
     assert bad.exit_code != 0 and "--reference 'diffurec@fast'" in bad.output and "valid choices: sasrec" in bad.output
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_without_a_checkpoint(tmp_path):
+    """A run stopped in its first epoch starts over; one whose checkpoint is gone (a fresh checkout
+    keeps configs and metrics only) is neither extended nor overwritten."""
+    from diffrec import checkpoint as ckpt
+
+    root = tmp_path / "datasets"
+    write_sequences(root / "beauty", make_synthetic(num_users=120, num_items=30, seed=2))
+    kwargs = dict(models=["sasrec"], seeds=[1], data_root=root, out_dir=tmp_path / "out", show_progress=False, log=lambda _: None)
+    run_dir = tmp_path / "out" / "runs" / "beauty" / "paper" / "sasrec" / "seed1"
+    run_dir.mkdir(parents=True)
+    config = preset_config("sasrec", "beauty", "paper", 1, str(root / "beauty"))
+    tiny(config)
+    config.save(run_dir / ckpt.CONFIG)  # what a run interrupted before its first epoch leaves
+    (run_dir / ckpt.DATASET).write_text("{}")
+    summary = reproduce("beauty", overrides=tiny, **kwargs)
+    assert summary["models"]["sasrec"]["runs"][0]["epochs_run"] == 1
+    (run_dir / ckpt.LAST).unlink()
+    saved = (run_dir / ckpt.FINAL).read_text()
+
+    def longer(config):
+        tiny(config)
+        config.train.epochs = 2
+
+    with pytest.raises(DiffrecError, match=r"finished after 1 epochs; extending it to 2 needs its checkpoint last.safetensors"):
+        reproduce("beauty", overrides=longer, **kwargs)
+    assert (run_dir / ckpt.FINAL).read_text() == saved
+    assert reproduce("beauty", overrides=tiny, **kwargs)["models"]["sasrec"]["runs"][0]["epochs_run"] == 1  # reuse still works
+    (run_dir / ckpt.FINAL).unlink()  # an unfinished run whose checkpoint is gone
+    with pytest.raises(DiffrecError, match="holds trained epochs but no checkpoint"):
+        reproduce("beauty", overrides=longer, **kwargs)
+    assert (run_dir / ckpt.EPOCHS).read_text().strip()
