@@ -8,7 +8,7 @@
 # JOBS lists "dataset:models:recipe[:epochs]" separated by spaces (default
 # "ml-1m:diffurec,diffurec-1step,sasrec-ce:fast"); SEEDS the seeds (default 1997); DEVICE cuda
 # (cpu for a smoke run); PRECISION fp32 (the paper's) or bf16. The budget is shared by all jobs;
-# a job cut short is interrupted between checkpoints and resumes on the next call. Unpack the
+# a model cut short stops with its last finished epoch checkpointed and resumes on the next call. Unpack the
 # archive in the checkout's root to merge its runs into benchmarks/results/.
 #
 # Works offline: the package is installed without dependencies or build isolation. A machine
@@ -43,28 +43,31 @@ for job in $jobs; do
     IFS=: read -r dataset models recipe epochs <<<"$job"
     [[ -n "$dataset" && -n "$models" && -n "$recipe" ]] || { echo "run_gpu_reproduce.sh: bad job '$job' (want dataset:models:recipe[:epochs])" >&2; exit 2; }
     datasets+=("$dataset")
-    left=$(( deadline - $(date +%s) ))
-    if (( left < 60 )); then
-        echo "budget spent: $job not started"
-        continue
-    fi
     seed_args=()
     for s in $seeds; do seed_args+=(--seed "$s"); done
     extra=()
     [[ -n "${epochs:-}" ]] && extra+=(--epochs "$epochs")
-    echo "== $job (${left} s left)"
-    set +e
-    # SIGINT lets the trainer stop cleanly; the last finished epoch's checkpoint is kept
-    timeout -s INT -k 60 "$left" diffrec reproduce --dataset "$dataset" --models "$models" --recipe "$recipe" \
-        "${seed_args[@]}" "${extra[@]}" --device "$device" --precision "$precision" --data-root "$data_root" -q
-    rc=$?
-    set -e
-    if (( rc == 124 || rc == 130 )); then
-        echo "== $job interrupted by the budget; it resumes on the next call"
-    elif (( rc != 0 )); then
-        echo "== $job failed (exit $rc)"
-        status=$rc
-    fi
+    # one invocation per model, so that every model finished within the budget is in the summary
+    for model in ${models//,/ }; do
+        left=$(( deadline - $(date +%s) ))
+        if (( left < 60 )); then
+            echo "== $dataset $model: budget spent, not started"
+            continue
+        fi
+        echo "== $dataset $model ($recipe, ${left} s left)"
+        set +e
+        # SIGINT stops the trainer with one line; the run resumes from its last finished epoch
+        timeout -s INT -k 60 "$left" diffrec reproduce --dataset "$dataset" --models "$model" --recipe "$recipe" \
+            "${seed_args[@]}" "${extra[@]}" --device "$device" --precision "$precision" --data-root "$data_root" -q
+        rc=$?
+        set -e
+        if (( rc == 124 || rc == 130 )); then
+            echo "== $dataset $model: interrupted by the budget; it resumes on the next call"
+        elif (( rc != 0 )); then
+            echo "== $dataset $model: failed (exit $rc)"
+            status=$rc
+        fi
+    done
 done
 
 paths=()
