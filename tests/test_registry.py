@@ -95,3 +95,13 @@ def test_plugin_errors_are_one_line(tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(DiffrecError, match="RuntimeError: boom"):
         load_plugin(str(broken))
+
+
+def test_library_imports_without_the_toml_writer():
+    """GPU images lack tomli-w: importing the library and its kernels must not need it."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['tomli_w'] = None; import diffrec, diffrec.kernels, diffrec.trainer, diffrec.reproduce"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
