@@ -520,19 +520,33 @@ def reproduce(
 @app.command()
 @handle_errors
 def plot(
-    run: list[pathlib.Path] = typer.Option(..., "--run", help="A run directory; repeat to overlay several runs."),
-    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png)."),
+    run: list[pathlib.Path] = typer.Option([], "--run", help="A run directory; repeat to overlay several runs."),
+    summary: Optional[pathlib.Path] = typer.Option(None, "--summary", help="A reproduction summary (benchmarks/results/<dataset>.json) to plot instead of runs."),
+    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary: beside it, <dataset>.png)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the PNG."),
 ) -> None:
-    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid."""
-    from diffrec.plots import plot_runs
+    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid,
+    or a reproduction summary's test HR@10/NDCG@10 per model against the paper's."""
+    from diffrec.plots import plot_runs, plot_summary
 
-    if out is None and len(run) > 1:
-        raise DiffrecError("--out is required when plotting several runs")
-    target = out or run[0] / "curves.png"
+    if bool(run) == (summary is not None):
+        raise DiffrecError("give either --run (one or more) or --summary")
+    if summary is not None:
+        if not summary.is_file():
+            raise DiffrecError(f"summary not found: {summary}")
+        try:
+            data = json.loads(summary.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DiffrecError(f"{summary} is not JSON ({err})") from None
+        target = out or summary.with_suffix(".png")
+    else:
+        if out is None and len(run) > 1:
+            raise DiffrecError("--out is required when plotting several runs")
+        target = out or run[0] / "curves.png"
     if target.exists() and not force:
         raise DiffrecError(f"{target} exists (use --force to overwrite)")
-    console.print(f"wrote {plot_runs(run, target)}", highlight=False)
+    written = plot_summary(data, target) if summary is not None else plot_runs(run, target)
+    console.print(f"wrote {written}", highlight=False)
 
 
 @bench_app.command("kernels")

@@ -65,3 +65,69 @@ def plot_runs(run_dirs: list[pathlib.Path], out: pathlib.Path, metrics: tuple[st
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def _seeds_and_epochs(entry: dict) -> str:
+    runs = entry["runs"]
+    epochs = sorted({r["epochs_run"] for r in runs if r.get("epochs_run") is not None})
+    return f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {'/'.join(map(str, epochs)) or '?'} ep"
+
+
+def plot_summary(summary: dict, out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
+    """Test metrics of a reproduction summary (``benchmarks/results/<dataset>.json``): one bar per
+    entry (mean over seeds, ± one std), a dot per seed, and the paper's Table 2 as dashed lines."""
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(summary, metrics)
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")):
+    """The figure of :func:`plot_summary`, entries sorted by their mean of the last metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        entries = sorted(summary["models"].items(), key=lambda kv: kv[1]["test"][metrics[-1]]["mean"])
+        paper = summary.get("paper", {})
+        dataset = summary.get("dataset", "")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DiffrecError(f"not a reproduction summary (missing {err})") from None
+    if not entries:
+        raise DiffrecError("the summary holds no models")
+    try:  # read everything before drawing, so that a malformed summary leaves no figure open
+        columns = {
+            name: (
+                [e["test"][name]["mean"] for _, e in entries],
+                [e["test"][name]["std"] or 0.0 for _, e in entries],
+                [[r["test"][name] for r in e["runs"]] for _, e in entries],
+            )
+            for name in metrics
+        }
+        labels = [f"{k} ({_seeds_and_epochs(e)})" for k, e in entries]
+    except (KeyError, TypeError) as err:
+        raise DiffrecError(f"not a reproduction summary (missing {err})") from None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.9 + 0.38 * len(entries)), sharey=True)
+    axes = [axes] if len(metrics) == 1 else list(axes)
+    rows = range(len(entries))
+    for ax, name in zip(axes, metrics):
+        means, stds, seeds = columns[name]
+        ax.barh(rows, means, xerr=stds, color="#9ecae1", edgecolor="#3182bd", capsize=3)
+        for row, values in zip(rows, seeds):
+            ax.plot(values, [row] * len(values), "o", color="#08519c", markersize=3)
+        for i, (model, row) in enumerate(sorted(paper.items())):
+            if name in row:
+                ax.axvline(row[name], linestyle="--", color=f"C{i + 1}", label=f"paper: {model} {row[name]:.2f}")
+        ax.set(xlabel=f"test {name} (percent)", title=name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", loc="lower right")
+    axes[0].set_yticks(list(rows), labels, fontsize="small")
+    fig.suptitle(f"{dataset}: test metrics, mean ± std over seeds, a dot per seed")
+    fig.tight_layout()
+    return fig

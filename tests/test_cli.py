@@ -194,3 +194,51 @@ def test_train_refuses_a_directory_in_use(tmp_path):
     with ckpt.exclusive(out):
         assert_clean_error(run("train", "--out", out, "--force", *TINY), "is in use by another process")
     assert not any(out.iterdir())
+
+
+def _summary():
+    def entry(per_seed, epochs):
+        runs = [{"seed": s, "epochs_run": epochs, "test": {"HR@10": hr, "NDCG@10": hr / 2}} for s, hr in per_seed.items()]
+        mean = sum(per_seed.values()) / len(per_seed)
+        std = None if len(per_seed) == 1 else (sum((v - mean) ** 2 for v in per_seed.values()) / (len(per_seed) - 1)) ** 0.5
+        return {"runs": runs, "test": {"HR@10": {"mean": mean, "std": std}, "NDCG@10": {"mean": mean / 2, "std": std and std / 2}}}
+
+    return {
+        "dataset": "beauty",
+        "models": {"diffurec@fast": entry({1: 8.0, 2: 8.4}, 21), "sasrec": entry({1: 3.0}, 6)},
+        "paper": {"diffurec": {"HR@10": 7.9, "NDCG@10": 4.75}},
+    }
+
+
+def test_plot_summary_figure():
+    import matplotlib.pyplot as plt
+
+    from diffrec.plots import summary_figure
+
+    fig = summary_figure(_summary())
+    hr, ndcg = fig.axes[:2]
+    assert [p.get_width() for p in hr.patches] == pytest.approx([3.0, 8.2])  # sorted, worst first
+    assert [p.get_width() for p in ndcg.patches] == pytest.approx([1.5, 4.1])
+    assert [t.get_text() for t in hr.get_yticklabels()] == ["sasrec (1 seed, 6 ep)", "diffurec@fast (2 seeds, 21 ep)"]
+    dots = sorted(x for line in hr.get_lines() if line.get_marker() == "o" for x in line.get_xdata())
+    assert dots == pytest.approx([3.0, 8.0, 8.4])
+    assert [line.get_xdata()[0] for line in ndcg.get_lines() if line.get_linestyle() == "--"] == [4.75]
+    plt.close(fig)
+
+
+def test_plot_summary_cli(tmp_path):
+    path = tmp_path / "beauty.json"
+    path.write_text(json.dumps(_summary()))
+    result = run("plot", "--summary", path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "beauty.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_clean_error(run("plot", "--summary", path), "exists")
+    assert run("plot", "--summary", path, "--force").exit_code == 0
+    assert_clean_error(run("plot"), "either --run")
+    assert_clean_error(run("plot", "--summary", path, "--run", tmp_path), "either --run")
+    assert_clean_error(run("plot", "--summary", tmp_path / "missing.json"), "summary not found")
+    (tmp_path / "bad.json").write_text("{")
+    assert_clean_error(run("plot", "--summary", tmp_path / "bad.json"), "is not JSON")
+    (tmp_path / "odd.json").write_text(json.dumps({"models": {"x": {"runs": []}}}))
+    assert_clean_error(run("plot", "--summary", tmp_path / "odd.json", "--out", tmp_path / "odd.png"), "not a reproduction summary")
+    assert not (tmp_path / "odd.png").exists()
