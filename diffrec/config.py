@@ -18,7 +18,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-
 from diffrec.errors import DiffrecError
 
 ATTENTION_MASKS = ("official", "key_padding", "causal")

@@ -60,6 +60,13 @@ def plot_runs(run_dirs: list[pathlib.Path], out: pathlib.Path, metrics: tuple[st
         ax_loss.legend(fontsize="small")
     fig.suptitle(run_dirs[0].name if len(run_dirs) == 1 else "runs compared")
     fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig, out: pathlib.Path) -> pathlib.Path:
+    """Write the figure through a temporary file, so that ``out`` is never half-written."""
+    import matplotlib.pyplot as plt
+
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -76,14 +83,7 @@ def _seeds_and_epochs(entry: dict) -> str:
 def plot_summary(summary: dict, out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
     """Test metrics of a reproduction summary (``benchmarks/results/<dataset>.json``): one bar per
     entry (mean over seeds, ± one std), a dot per seed, and the paper's Table 2 as dashed lines."""
-    import matplotlib.pyplot as plt
-
-    fig = summary_figure(summary, metrics)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(summary_figure(summary, metrics), out)
 
 
 def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")):
