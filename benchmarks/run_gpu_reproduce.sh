@@ -9,8 +9,7 @@
 # "ml-1m:diffurec,diffurec-1step,sasrec-ce:fast"); SEEDS the seeds (default 1997); DEVICE cuda
 # (cpu for a smoke run); PRECISION fp32 (the paper's) or bf16. The budget is shared by all jobs;
 # a model cut short stops with its last finished epoch checkpointed and resumes on the next
-# call. Unpack the
-# archive in the checkout's root to merge its runs into benchmarks/results/.
+# call. Unpack the archive in the checkout's root to merge its runs into benchmarks/results/.
 #
 # Works offline: the package is installed without dependencies or build isolation. A machine
 # without tomli-w needs its wheel in .whl/ (see README, "On a GPU machine without internet").
