@@ -104,6 +104,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "patience": ("train", "patience"),
     "seed": ("train", "seed"),
     "bucketing": ("train", "bucketing"),
+    "examples": ("train", "examples"),
     "device": ("train", "device"),
     "threads": ("train", "num_threads"),
     "precision": ("train", "precision"),
@@ -213,6 +214,9 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Stop after N validations without improvement (5)."),
     seed: Optional[int] = typer.Option(None, help="Training seed (1997)."),
     bucketing: Optional[bool] = typer.Option(None, "--bucketing/--no-bucketing", help="Length buckets with trimmed padding (on)."),
+    examples: Optional[str] = typer.Option(
+        None, help="Training examples: prefix (every prefix, one target; default) or sequence (one per user, a target at every position: SASRec's training; sasrec, gru4rec, stosa)."
+    ),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),
     precision: Optional[str] = typer.Option(None, help="fp32 (default) or bf16 (autocast training forward; evaluation stays fp32)."),
@@ -433,7 +437,7 @@ def reproduce(
     models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds). Seeds accumulate in the table across invocations."),
-    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options) or long (fast with 27 epochs before the decay)."),
+    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options), long (fast with 27 epochs before the decay) or sequence (SASRec's training: a target at every position; sasrec, gru4rec, stosa)."),
     data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
     out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),

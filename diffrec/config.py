@@ -23,6 +23,9 @@ from diffrec.errors import DiffrecError
 ATTENTION_MASKS = ("official", "key_padding", "causal")
 EVAL_PROTOCOLS = ("correct", "official")
 PRECISIONS = ("fp32", "bf16")
+#: "prefix": every prefix of a user's training part is one example with one target (the public code);
+#: "sequence": one example per user, a target at every position (SASRec's, GRU4Rec's and STOSA's own training)
+TRAIN_EXAMPLES = ("prefix", "sequence")
 
 
 @dataclass
@@ -96,6 +99,8 @@ class TrainConfig:
     seed: int = 1997
     #: batch examples of similar length and trim padding (function-preserving)
     bucketing: bool = True
+    #: "prefix" (default) or "sequence" (see TRAIN_EXAMPLES); "sequence" needs a model that scores every position
+    examples: str = "prefix"
     device: str = "auto"
     num_threads: int = 0
     #: "fp32" (the public code) or "bf16" (autocast of the training forward; evaluation stays fp32)
@@ -104,6 +109,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise DiffrecError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        if self.examples not in TRAIN_EXAMPLES:
+            raise DiffrecError(f"unknown training examples {self.examples!r}; valid choices: {', '.join(TRAIN_EXAMPLES)}")
         for name in ("epochs", "batch_size", "eval_every", "patience", "lr_step"):
             if getattr(self, name) < 1:
                 raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -75,7 +75,9 @@ PRESETS: dict[str, Preset] = {
 }
 
 #: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options;
-#: "long" = "fast" with a longer stretch at the full learning rate.
+#: "long" = "fast" with a longer stretch at the full learning rate; "sequence" = SASRec's own training
+#: (one example per user, a target at every position, batch 128, 200 epochs at a constant 1e-3) for
+#: the models that score every position (sasrec, gru4rec, stosa).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},
     "fast": {
@@ -87,6 +89,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "long": {
         "model": {"emb_init_std": 0.05},
         "train": {"epochs": 33, "eval_every": 3, "patience": 4, "lr_step": 27},
+    },
+    "sequence": {
+        "model": {},
+        "train": {"examples": "sequence", "batch_size": 128, "epochs": 200, "eval_every": 10, "patience": 5, "lr_step": 200},
     },
 }
 
@@ -100,6 +106,12 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
     if recipe not in RECIPES:
         raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     preset = PRESETS[name]
+    if RECIPES[recipe]["train"].get("examples") == "sequence":
+        from diffrec.registry import load_builtin_parts, registry
+
+        load_builtin_parts()
+        if not getattr(registry("model").get(preset.model), "supports_sequence_examples", False):
+            raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")
     config = RunConfig()
     config.model.model = preset.model
     for key, value in {**DATASET_SETTINGS[dataset], **RECIPES[recipe]["model"], **dict(preset.overrides)}.items():
@@ -236,6 +248,8 @@ def reproduce(
     if dataset not in DATASETS:
         raise DiffrecError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
     data_path = data_root / dataset
+    for name in models:  # unknown presets and recipes a preset cannot train are refused before any training
+        preset_config(name, dataset, recipe, seeds[0] if seeds else 0, str(data_path))
     data = load_dataset(data_path)
     started = time.perf_counter()
     summary: dict[str, Any] = {

@@ -23,9 +23,9 @@ import torch
 
 from diffrec import checkpoint as ckpt
 from diffrec.config import RunConfig, TrainConfig
-from diffrec.data.batching import TrainExamples
+from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
-from diffrec.errors import DiffrecError, TrainingDivergedError
+from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
 from diffrec.evaluation import evaluate
 from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
@@ -101,7 +101,11 @@ class Trainer:
         seed_everything(config.train.seed)
         self.model = build_model(config, data.num_items).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-        self.examples = TrainExamples(data, config.model.max_len)
+        if config.train.examples == "sequence" and not self.model.supports_sequence_examples:
+            able = [n for n in registry("model").names() if getattr(registry("model").get(n), "supports_sequence_examples", False)]
+            raise ConfigError(f"model {config.model.model!r} trains on prefix examples only; --examples sequence works with: {', '.join(able)}")
+        examples = SequenceExamples if config.train.examples == "sequence" else TrainExamples
+        self.examples = examples(data, config.model.max_len)
         if len(self.examples) == 0:
             raise DiffrecError("the data has no training examples (every user has fewer than 4 interactions)")
         self.rng = np.random.default_rng(config.train.seed)
@@ -198,8 +202,9 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
             self.state.step += 1
-            total += loss.item() * len(batch)
-            count += len(batch)
+            n = batch.num_targets  # examples/s counts (history, next item) pairs, whatever the example type
+            total += loss.item() * n
+            count += n
         seconds = time.perf_counter() - start
         return total / count, seconds, count
 

@@ -132,7 +132,8 @@ def test_ce_next_objective_is_diffurecs_cross_entropy(name, over_padding):
 def test_stosa_scores_are_negative_wasserstein_distances():
     model = make_model("stosa").eval()
     batch = padded_batch(HISTORIES, 5)
-    mean, cov = model.sequence_gaussian(batch)  # (B, d)
+    mean, cov = model.sequence_gaussian(batch)  # (B, L, d)
+    mean, cov = mean[:, -1], cov[:, -1]  # (B, d)
     item_mean, item_std = model.item_gaussians()
     want = -((mean[:, None] - item_mean[None]).pow(2).sum(-1) + (cov.sqrt()[:, None] - item_std[None]).pow(2).sum(-1))
     assert (cov > 0).all()

@@ -5,6 +5,10 @@ import pytest
 from diffrec.data import make_synthetic
 from diffrec.errors import DiffrecError
 from diffrec.reproduce import PRESETS, RECIPES, markdown_table, paired_t_test, preset_config, reproduce
+from diffrec.registry import load_builtin_parts, registry
+from diffrec.trainer import step_lr
+
+load_builtin_parts()
 
 
 def write_sequences(path, data):
@@ -92,12 +96,26 @@ def test_presets_and_errors():
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_builds_under_every_recipe(name, recipe):
+    sequence = RECIPES[recipe]["train"].get("examples") == "sequence"
+    if sequence and not registry("model").get(PRESETS[name].model).supports_sequence_examples:
+        with pytest.raises(DiffrecError, match="does not support"):
+            preset_config(name, "toys", recipe, 3, "x")
+        return
     config = preset_config(name, "toys", recipe, 3, "x")
     assert config.model.model == PRESETS[name].model and config.train.seed == 3
     for key, value in RECIPES[recipe]["train"].items():
         assert getattr(config.train, key) == value
-    if recipe != "paper":
+    if sequence:  # SASRec's schedule: a constant learning rate over the whole budget
+        assert {step_lr(config.train, e) for e in range(config.train.epochs)} == {config.train.lr}
+    elif recipe != "paper":
         assert config.train.lr_step < config.train.epochs  # the decay happens within the budget
+
+
+def test_sequence_recipe_is_refused_before_training_for_prefix_only_presets(tmp_path):
+    data_root = tmp_path / "data"
+    with pytest.raises(DiffrecError, match="'diffurec' does not support"):
+        reproduce("beauty", models=["sasrec", "diffurec"], seeds=[1997], data_root=data_root, out_dir=tmp_path / "out", recipe="sequence")
+    assert not (tmp_path / "out").exists()
 
 
 def test_paired_t_test():

@@ -1,4 +1,4 @@
-"""Training examples (every prefix) and evaluation inputs, batched with trimmed padding.
+"""Training examples (every prefix, or one sequence per user) and evaluation inputs, batched with trimmed padding.
 
 Sequences are cut to the most recent ``max_len`` items and left-padded with 0.
 With bucketing, examples of similar length share a batch and the batch is only
@@ -24,13 +24,22 @@ class Batch:
     target: torch.Tensor  # (B,) long
     pad_extra: torch.Tensor  # (B,) long: padding positions trimmed away per row (relative to max_len)
     users: torch.Tensor  # (B,) long: user index in the dataset
+    #: sequence examples only: the item that follows each position, 0 at padding (B, L) long;
+    #: ``target`` is then its last column
+    next_items: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
         return self.seq > 0  # (B, L)
 
+    @property
+    def num_targets(self) -> int:
+        """(history, next item) pairs the batch trains: one per row, or one per real position."""
+        return len(self) if self.next_items is None else int((self.next_items > 0).sum())
+
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.seq.to(device), self.target.to(device), self.pad_extra.to(device), self.users.to(device))
+        nxt = None if self.next_items is None else self.next_items.to(device)
+        return Batch(self.seq.to(device), self.target.to(device), self.pad_extra.to(device), self.users.to(device), nxt)
 
     def __len__(self) -> int:
         return self.seq.shape[0]
@@ -98,10 +107,51 @@ class TrainExamples:
         else:
             chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         for idx in chunks:
-            yield _make_batch(self.flat, self.users[idx], self.ends[idx], self.targets[idx], self.max_len, bucketing and trim)
+            yield self._batch(idx, bucketing and trim)
+
+    def _batch(self, idx: np.ndarray, trim: bool) -> Batch:
+        return _make_batch(self.flat, self.users[idx], self.ends[idx], self.targets[idx], self.max_len, trim)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size
+
+    @property
+    def num_targets(self) -> int:
+        """(history, next item) pairs per epoch."""
+        return len(self)
+
+
+class SequenceExamples(TrainExamples):
+    """One example per user: the last ``max_len`` inputs of the training part, a target at every position.
+
+    For a training part ``[a, b, c, d]`` the input is ``[a, b, c]`` and the next items are
+    ``[b, c, d]``: the pairs ``[a] -> b``, ``[a, b] -> c``, ``[a, b, c] -> d`` of the prefix
+    examples, trained in one pass by a model that scores every position (SASRec's own
+    training). A training part longer than ``max_len + 1`` keeps its last ``max_len``
+    pairs, as in SASRec's code; its earlier pairs are not trained.
+    """
+
+    def __init__(self, data: SequenceData, max_len: int) -> None:
+        self.max_len = max_len
+        self.flat = _Flat(data.sequences)
+        train_lengths = np.array([len(s) - 2 for s in data.sequences], dtype=np.int64)
+        self.users = np.flatnonzero(train_lengths >= 2)  # (U,) users with at least one pair
+        self.ends = train_lengths[self.users] - 1  # input = part[:n-1]; its last target is part[n-1]
+        self.targets = self.flat.items[self.flat.offsets[self.users] + self.ends]
+        self.lengths = np.minimum(self.ends, max_len)
+        self.pairs = int(self.lengths.sum())
+
+    def _batch(self, idx: np.ndarray, trim: bool) -> Batch:
+        batch = _make_batch(self.flat, self.users[idx], self.ends[idx], self.targets[idx], self.max_len, trim)
+        width = batch.seq.shape[1]
+        shifted, _ = self.flat.gather(self.users[idx], self.ends[idx] + 1, self.max_len, width)  # windows one item later
+        seq = batch.seq.numpy()
+        batch.next_items = torch.from_numpy(np.where(seq > 0, shifted, 0))  # (B, W)
+        return batch
+
+    @property
+    def num_targets(self) -> int:
+        return self.pairs
 
 
 class EvalInputs:

@@ -6,10 +6,15 @@
   (column 0 is padding; the evaluator decides whether it is ranked);
 - ``recommend(batch, k, exclude, generator) -> (scores, ids)``: the top k.
 
+A model with ``supports_sequence_examples`` also trains on sequence examples
+(``Batch.next_items``: a target at every position, ``--examples sequence``).
+
 Models are built as ``Model(config, num_items)`` from a :class:`ModelConfig`.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +24,9 @@ from diffrec.data.batching import Batch
 
 
 class Recommender(nn.Module):
+    #: whether ``calculate_loss`` accepts sequence examples (a target at every position)
+    supports_sequence_examples: ClassVar[bool] = False
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__()
         config.validate()

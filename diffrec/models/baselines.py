@@ -114,8 +114,22 @@ class BaselineRecommender(Recommender):
             return self.loss_fn(query, table, targets, negatives=negatives)
         return self.loss_fn(query, table, targets)
 
+    def query_states(self, batch: Batch) -> torch.Tensor:  # pragma: no cover
+        """Queries at every position, each from the items up to it: (B, L, k). Models that define it
+        set ``supports_sequence_examples``; position -1 equals ``query(batch)``."""
+        raise NotImplementedError
+
+    def training_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (n, k) and their target ids (n,): one per prefix example, or one per real position
+        of a sequence example (``batch.next_items``)."""
+        if batch.next_items is None:
+            return self.query(batch), batch.target
+        real = batch.next_items > 0  # (B, L)
+        return self.query_states(batch)[real], batch.next_items[real]
+
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
-        return self.target_loss(self.query(batch), batch.target).mean()
+        query, targets = self.training_pairs(batch)
+        return self.target_loss(query, targets).mean()
 
     @torch.no_grad()
     def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:

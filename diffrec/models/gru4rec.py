@@ -10,7 +10,9 @@ Native objective: ``--loss bpr``, the paper's BPR ranking loss with one
 uniformly sampled negative per target. Deviations: the paper trains with
 session-parallel mini-batches and takes the other sessions' targets in the
 mini-batch as negatives (popularity-proportional sampling); here each prefix
-is encoded from scratch (the same hidden states) and negatives are uniform.
+is encoded from scratch (the same hidden states) and negatives are uniform;
+``--examples sequence`` trains every step of a user's sequence in one pass,
+closer to the session-parallel training.
 Init: Glorot-uniform for every weight matrix and embedding (the paper's Theano
 code); ``config.emb_init_std`` is unused.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from diffrec.approximators.gru import left_to_right_padded
 from diffrec.config import ModelConfig
@@ -31,6 +33,8 @@ from diffrec.registry import register
 @register("model", "gru4rec")
 class GRU4Rec(BaselineRecommender):
     """GRU4Rec: a GRU over the history; its final state scores the next item."""
+
+    supports_sequence_examples = True
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
@@ -50,6 +54,17 @@ class GRU4Rec(BaselineRecommender):
         packed = pack_padded_sequence(left_to_right_padded(x, lengths), lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, h_n = self.gru(packed)  # (layers, B, d)
         return self.out_dropout(h_n[-1])  # (B, d)
+
+    def query_states(self, batch: Batch) -> torch.Tensor:
+        """The top layer's state after each item, aligned with ``batch.seq`` (0 at padding): (B, L, d)."""
+        B, L = batch.seq.shape
+        lengths = batch.mask.sum(1).clamp(min=1)  # (B,)
+        x = self.emb_dropout(self.item_emb(batch.seq))  # (B, L, d)
+        packed = pack_padded_sequence(left_to_right_padded(x, lengths), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=L)  # (B, L, d), real steps first
+        # back to left padding: column j takes step j - (L - length), which is past the end (zero) for padding columns
+        idx = (torch.arange(L, device=x.device)[None, :] + lengths[:, None]) % L  # (B, L)
+        return self.out_dropout(out.gather(1, idx[..., None].expand_as(out)))
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, d)

@@ -9,8 +9,10 @@ embeddings are the output layer: r_i = F . M_i.
 
 Native objective: ``--loss bce``, binary cross-entropy with one uniformly
 sampled negative per target. The paper trains every position of a sequence at
-once; our prefix examples hold the same (history, next item) pairs, one per
-example. Attention uses ``config.num_heads`` heads (the paper found one head
+once, as ``--examples sequence`` does (a position's output sees only the items
+up to it, and positions are numbered in the left-padded window, as in the
+authors' code); the default prefix examples hold the same (history, next item)
+pairs, one per example. Attention uses ``config.num_heads`` heads (the paper found one head
 enough). Init: Xavier-normal for every weight matrix and embedding (the widely
 used PyTorch port); ``config.emb_init_std`` is unused.
 """
@@ -51,15 +53,21 @@ class SASRec(BaselineRecommender):
             if p.dim() >= 2:
                 nn.init.xavier_normal_(p)
 
+    supports_sequence_examples = True
+
     def query(self, batch: Batch) -> torch.Tensor:
         """F at the last position: (B, d)."""
+        return self.query_states(batch)[:, -1]
+
+    def query_states(self, batch: Batch) -> torch.Tensor:
+        """F at every position (causal: each from the items up to it): (B, L, d)."""
         d = self.config.hidden_size
         x = self.item_emb(batch.seq) * math.sqrt(d) + self.pos_emb(window_positions(batch))  # (B, L, d)
         x = self.emb_dropout(x)
         allowed = attention_mask(batch.mask, causal=True)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, allowed)  # (B, L, d)
-        return self.final_norm(x[:, -1])  # (B, d)
+        return self.final_norm(x)  # (B, L, d)
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, d)

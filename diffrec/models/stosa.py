@@ -15,7 +15,8 @@ output the value covariances with A^2 (a weighted sum of independent
 Gaussians). Output projections, residuals and post-LN, and a GELU feed-forward
 of width 4d run on both streams; the covariance stream leaves each block
 through ``elu(.) + 1``. The last position's Gaussian is the sequence's; item i
-scores ``-W2^2(sequence, item i)``.
+scores ``-W2^2(sequence, item i)``. With ``--examples sequence`` every position's
+Gaussian scores the item after it, as in the authors' training.
 
 That score is an inner product of lifted vectors,
 ``[m, s, 1, -|m|^2 - |s|^2]`` for the sequence and
@@ -135,26 +136,32 @@ class STOSA(BaselineRecommender):
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 
+    supports_sequence_examples = True
+
     def sequence_gaussian(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and covariance of the last position: (B, d), (B, d)."""
+        """Mean and covariance at every position (causal): (B, L, d), (B, L, d)."""
         pos = window_positions(batch)  # (B, L)
         mean = self.emb_dropout(self.mean_norm(self.mean_emb(batch.seq) + self.mean_pos(pos)))  # (B, L, d)
         cov = positive(self.emb_dropout(self.cov_norm(self.cov_emb(batch.seq) + self.cov_pos(pos))))  # (B, L, d)
         allowed = attention_mask(batch.mask, causal=True)  # (B, 1, L, L)
         for block in self.blocks:
             mean, cov = block(mean, cov, allowed)
-        return mean[:, -1], cov[:, -1]
+        return mean, cov
 
     def item_gaussians(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item's mean and covariance square root: (N + 1, d), (N + 1, d)."""
         return self.mean_emb.weight, sqrt_cov(positive(self.cov_emb.weight))
 
-    def query(self, batch: Batch) -> torch.Tensor:
-        """[m, s, 1, -|m|^2 - |s|^2]: (B, 2d + 2)."""
-        mean, cov = self.sequence_gaussian(batch)
+    def query_states(self, batch: Batch) -> torch.Tensor:
+        """[m, s, 1, -|m|^2 - |s|^2] at every position: (B, L, 2d + 2)."""
+        mean, cov = self.sequence_gaussian(batch)  # (B, L, d) each
         std = sqrt_cov(cov)
-        norm = mean.pow(2).sum(-1, keepdim=True) + std.pow(2).sum(-1, keepdim=True)  # (B, 1)
+        norm = mean.pow(2).sum(-1, keepdim=True) + std.pow(2).sum(-1, keepdim=True)  # (B, L, 1)
         return torch.cat([mean, std, torch.ones_like(norm), -norm], dim=-1)
+
+    def query(self, batch: Batch) -> torch.Tensor:
+        """The last position's query: (B, 2d + 2)."""
+        return self.query_states(batch)[:, -1]
 
     def item_table(self) -> torch.Tensor:
         """[2m, 2s, -|m|^2 - |s|^2, 1], so that query . item = -W2^2: (N + 1, 2d + 2)."""
@@ -163,13 +170,13 @@ class STOSA(BaselineRecommender):
         return torch.cat([2.0 * mean, 2.0 * std, -norm, torch.ones_like(norm)], dim=-1)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
-        query = self.query(batch)  # (B, 2d + 2)
+        query, targets = self.training_pairs(batch)  # (n, 2d + 2), (n,)
         if not (self.native and self.pvn_weight > 0):
-            return self.target_loss(query, batch.target).mean()
-        negatives = sample_negatives(batch.target, self.num_items)  # (B,)
-        loss = self.target_loss(query, batch.target, negatives).mean()
-        d_seq_pos = -(query * self.item_table()[batch.target]).sum(-1)  # (B,) W2^2(sequence, target)
+            return self.target_loss(query, targets).mean()
+        negatives = sample_negatives(targets, self.num_items)  # (n,)
+        loss = self.target_loss(query, targets, negatives).mean()
+        d_seq_pos = -(query * self.item_table()[targets]).sum(-1)  # (n,) W2^2(sequence, target)
         mean, std = self.item_gaussians()
-        pos, neg = batch.target, negatives
-        d_pos_neg = (mean[pos] - mean[neg]).pow(2).sum(-1) + (std[pos] - std[neg]).pow(2).sum(-1)  # (B,)
+        pos, neg = targets, negatives
+        d_pos_neg = (mean[pos] - mean[neg]).pow(2).sum(-1) + (std[pos] - std[neg]).pow(2).sum(-1)  # (n,)
         return loss + self.pvn_weight * F.relu(d_seq_pos - d_pos_neg).mean()
