@@ -118,6 +118,101 @@ def test_trimmed_batches_give_the_same_scores(name):
     assert torch.allclose(model.full_sort_predict(padded_batch(short, MAX_LEN)), model.full_sort_predict(padded_batch(short, 3)), atol=1e-5)
 
 
+# --------------------------------------------------------------------------- sequence examples
+
+SEQUENCE_MODELS = [name for name in MODELS if registry("model").get(name).supports_sequence_examples]
+
+
+def sequence_batch(histories: list[list[int]], width: int) -> Batch:
+    """Inputs ``h[:-1]`` with the item after each position, ``h[1:]``, left-padded to ``width``."""
+    batch = padded_batch([h[:-1] for h in histories], width, [h[-1] for h in histories])
+    nxt = torch.zeros_like(batch.seq)
+    for row, items in enumerate(histories):
+        nxt[row, width - len(items) + 1 :] = torch.tensor(items[1:])
+    batch.next_items = nxt
+    return batch
+
+
+SEQUENCES = [[3, 7, 1, 9], [2, 5], [5, 9, 30, 4, 6], [8, 8, 8], [11, 12, 13, 14, 15, 16]]  # longest input 5
+
+
+def test_the_causal_baselines_train_on_sequence_examples():
+    assert SEQUENCE_MODELS == ["sasrec", "gru4rec", "stosa"]  # BERT4Rec is bidirectional, Caser windowed
+    assert not registry("model").get("diffurec").supports_sequence_examples
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_each_position_state_is_the_query_of_its_prefix(name):
+    """Position j's state equals query() of the batch cut after column j (same window positions):
+    states are causal and aligned with the input, and the last one is query()."""
+    model = make_model(name).eval()
+    batch = sequence_batch(SEQUENCES, 6)
+    states = model.query_states(batch)  # (B, L, k)
+    assert torch.allclose(states[:, -1], model.query(batch), atol=1e-5)
+    for j in range(batch.seq.shape[1]):
+        cut = Batch(batch.seq[:, : j + 1], batch.target, batch.pad_extra, batch.users)
+        real = batch.seq[:, j] > 0
+        assert torch.allclose(states[real, j], model.query(cut)[real], atol=1e-5), (name, j)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_loss_averages_every_position(name):
+    """With ce (deterministic), the loss of a sequence batch is the mean cross-entropy of every real
+    position's query against the item after it."""
+    model = make_model(name, loss="ce", options={"objective": "next"}).eval()
+    batch = sequence_batch(SEQUENCES, 6)
+    queries, targets = [], []
+    for j in range(batch.seq.shape[1]):
+        cut = Batch(batch.seq[:, : j + 1], batch.target, batch.pad_extra, batch.users)
+        real = batch.seq[:, j] > 0
+        queries.append(model.query(cut)[real])
+        targets.append(batch.next_items[real, j])
+    logits = torch.cat(queries) @ model.item_table().t()
+    want = F.cross_entropy(logits, torch.cat(targets))
+    assert len(torch.cat(targets)) == batch.num_targets == sum(len(h) - 1 for h in SEQUENCES)
+    assert torch.allclose(model.calculate_loss(batch), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_examples_shapes_and_gradients(name):
+    model = make_model(name, loss=NATIVE_LOSS[name], dropout=0.1, emb_dropout=0.1)
+    loss = model.calculate_loss(sequence_batch(SEQUENCES, MAX_LEN))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", ["bert4rec", "caser", "diffurec"])
+def test_prefix_only_models_refuse_sequence_examples(name, tmp_path):
+    config = RunConfig(model=ModelConfig(model=name, hidden_size=16, num_blocks=1, num_heads=2, max_len=8), train=TrainConfig(examples="sequence"))
+    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*gru4rec, sasrec, stosa"):
+        Trainer(config, make_synthetic(num_users=50, num_items=20, seed=0), tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sequence_epoch_trains_and_counts_every_pair(tmp_path):
+    data = make_synthetic(num_users=80, num_items=40, seed=1)
+    config = RunConfig(model=ModelConfig(model="sasrec", loss="bce", hidden_size=16, num_blocks=1, num_heads=2, max_len=50), train=TrainConfig(examples="sequence", batch_size=8))
+    trainer = Trainer(config, data, tmp_path / "run", show_progress=False)
+    _, _, pairs = trainer.train_epoch(0)
+    # max_len exceeds every training part here, so the sequence examples hold every prefix pair
+    assert pairs == trainer.examples.num_targets == sum(len(s) - 3 for s in data.sequences if len(s) >= 4)
+    assert len(trainer.examples) == sum(len(s) >= 4 for s in data.sequences)
+
+
+def test_cli_refuses_sequence_examples_for_a_prefix_only_model(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--model", "caser", "--examples", "sequence", "--data", "synthetic", "--out", str(tmp_path / "run"), "-q"])
+    assert result.exit_code != 0
+    assert "error: model 'caser' trains on prefix examples only" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_example_type_is_refused():
+    with pytest.raises(Exception, match="unknown training examples 'window'; valid choices: prefix, sequence"):
+        RunConfig(train=TrainConfig(examples="window")).validate()
+
+
 @pytest.mark.parametrize("over_padding", [True, False])
 @pytest.mark.parametrize("name", MODELS)
 def test_ce_next_objective_is_diffurecs_cross_entropy(name, over_padding):
@@ -207,14 +302,18 @@ def synthetic():
 
 RECIPES = [pytest.param(name, NATIVE_LOSS[name], {}, id=f"{name}-native") for name in MODELS]
 RECIPES += [pytest.param(name, "ce", {"objective": "next"}, id=f"{name}-ce-next") for name in MODELS]
+RECIPES += [pytest.param(name, NATIVE_LOSS[name], {"examples": "sequence"}, id=f"{name}-native-sequence") for name in SEQUENCE_MODELS]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,loss,options", RECIPES)
 def test_learns_the_planted_structure(name, loss, options, synthetic, tmp_path):
+    options = dict(options)
+    examples = options.pop("examples", "prefix")
+    batch_size = 16 if examples == "sequence" else 64  # a sequence example holds about 4 prefix examples here
     config = RunConfig(
         model=ModelConfig(model=name, loss=loss, hidden_size=32, num_blocks=1, num_heads=2, max_len=20, dropout=0.1, emb_dropout=0.1, options=options),
-        train=TrainConfig(epochs=3, batch_size=64, lr=5e-3, eval_every=3, seed=0),
+        train=TrainConfig(epochs=3, batch_size=batch_size, lr=5e-3, eval_every=3, seed=0, examples=examples),
         eval=EvalConfig(batch_size=512),
     )
     final = Trainer(config, synthetic, tmp_path / "run", show_progress=False).fit()

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diffrec.config import ModelConfig, RunConfig
-from diffrec.data.batching import EvalInputs, TrainExamples, history_batch
+from diffrec.data.batching import EvalInputs, SequenceExamples, TrainExamples, history_batch
 from diffrec.data.dataset import SequenceData
 from diffrec.trainer import build_model
 
@@ -55,6 +55,59 @@ def test_bucketing_keeps_the_examples(seqs, max_len, batch_size, seed):
             assert ((lengths == max_len) | (lengths < width)).all()
             got += rows_of(batch)
         assert sorted(got) == expect
+
+
+def pairs_of(batch):
+    """(history, next item) pairs of a sequence batch: one per real position."""
+    out = []
+    for seq, nxt, target in zip(batch.seq.tolist(), batch.next_items.tolist(), batch.target.tolist()):
+        assert nxt[-1] == target  # the last position's next item is the row's target
+        for j, (item, following) in enumerate(zip(seq, nxt)):
+            assert (item == 0) == (following == 0)  # a next item exactly where the input is real
+            if item:
+                out.append((tuple(i for i in seq[: j + 1] if i), following))
+    return out
+
+
+def test_sequence_examples_by_hand():
+    data = SequenceData([[1, 2, 3, 4, 5, 6], [7, 8, 9]], num_items=9)
+    ex = SequenceExamples(data, max_len=5)
+    assert len(ex) == 1 and ex.num_targets == 3  # user 0: [1,2,3,4] -> one sequence of 3 pairs; user 1: [7], none
+    batch = next(ex.batches(10, np.random.default_rng(0)))
+    assert batch.seq.tolist() == [[0, 1, 2, 3]]  # trimmed to the row plus one padding column
+    assert batch.next_items.tolist() == [[0, 2, 3, 4]]
+    assert batch.target.tolist() == [4] and batch.pad_extra.tolist() == [1] and batch.num_targets == 3
+    # a training part longer than max_len + 1 keeps its last max_len pairs
+    long = SequenceExamples(data, max_len=2)
+    batch = next(long.batches(10, np.random.default_rng(0)))
+    assert batch.seq.tolist() == [[2, 3]] and batch.next_items.tolist() == [[3, 4]] and long.num_targets == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seqs=st.lists(st.lists(st.integers(1, 20), min_size=3, max_size=15), min_size=1, max_size=12),
+    max_len=st.integers(1, 6),
+    batch_size=st.integers(1, 7),
+    seed=st.integers(0, 5),
+)
+def test_sequence_examples_hold_the_last_pairs_of_every_user(seqs, max_len, batch_size, seed):
+    """The pairs of the sequence examples are the prefix examples' pairs whose input ends within
+    the last max_len positions of the training part, each history cut to that window."""
+    data = SequenceData(seqs, num_items=20)
+    ex = SequenceExamples(data, max_len)
+    expect = []
+    for s in seqs:
+        part = s[:-2]
+        start = max(0, len(part) - 1 - max_len)  # the window's first input position
+        expect += [(tuple(part[start:j]), part[j]) for j in range(max(1, start + 1), len(part))]
+    assert ex.num_targets == len(expect)
+    for bucketing in (False, True):
+        got = []
+        for batch in ex.batches(batch_size, np.random.default_rng(seed), bucketing=bucketing):
+            width = batch.seq.shape[1]
+            assert width <= max_len and (batch.pad_extra == max_len - width).all()
+            got += pairs_of(batch)
+        assert sorted(got) == sorted(expect)
 
 
 def diffurec(**changes):
