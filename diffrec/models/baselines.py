@@ -24,6 +24,12 @@ it against an *item table* (N + 1 rows, row 0 = padding) by inner product;
   masked positions of prefix + target, each scored with ``config.loss``);
   STOSA's adds its positive-negative distance regulariser.
 
+Examples: by default a batch holds prefix examples, one target each. SASRec,
+GRU4Rec and STOSA also define ``query_states`` (a query at every position, each
+from the items up to it) and set ``supports_sequence_examples``; with
+``--examples sequence`` (``Batch.next_items``) every real position is a
+(query, target) pair of ``training_pairs``, as those papers train.
+
 Paper-native recipes: ``sasrec --loss bce``, ``gru4rec --loss bpr``,
 ``caser --loss bce``, ``bert4rec --loss ce``, ``stosa --loss bpr``.
 The DiffuRec objective for all five: ``--loss ce --option objective=next``.
