@@ -238,12 +238,6 @@ def train(
     stats = dataset.stats()
     m = cfg.model
     parts = f"{m.approximator}, {m.schedule}, T={m.diffusion_steps}, {m.loss}, {m.rounding}" if m.model == "diffurec" else f"loss {m.loss}"
-    console.print(
-        f"[bold]{dataset.name}[/]: {stats['users']:,} users, {stats['items']:,} items, "
-        f"{stats['train_examples']:,} training examples; model {m.model} ({parts})",
-        highlight=False,
-        soft_wrap=True,
-    )
 
     def report(record: dict[str, Any]) -> None:
         line = f"epoch {record['epoch']:>4}  loss {record['loss']:.4f}  {record['seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s"
@@ -253,6 +247,14 @@ def train(
         console.print(line, highlight=False)
 
     trainer = Trainer(cfg, dataset, out, data_path=cfg.data.path, show_progress=not quiet and console.is_terminal, on_epoch=report)
+    examples = f"{stats['train_examples']:,} training examples"
+    if cfg.train.examples == "sequence":
+        examples = f"{len(trainer.examples):,} sequence examples ({trainer.examples.num_targets:,} of the {stats['train_examples']:,} prefix pairs)"
+    console.print(
+        f"[bold]{dataset.name}[/]: {stats['users']:,} users, {stats['items']:,} items, {examples}; model {m.model} ({parts})",
+        highlight=False,
+        soft_wrap=True,
+    )
     final = trainer.fit(resume=resume, force=force)
     print_metrics(f"{dataset.name}: best epoch {final['best_epoch']} ({final['protocol']} protocol)", {"valid": final["valid"], "test": final["test"]})
     console.print(f"run written to {out}", highlight=False)
