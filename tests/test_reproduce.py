@@ -118,6 +118,16 @@ def test_sequence_recipe_is_refused_before_training_for_prefix_only_presets(tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_sequence_recipe_trains_its_presets_on_sequence_examples(tmp_path):
+    root = tmp_path / "datasets"
+    write_sequences(root / "toys", make_synthetic(num_users=200, num_items=40, seed=5))
+    summary = reproduce("toys", models=["sasrec", "gru4rec-ce"], seeds=[1], data_root=root, out_dir=tmp_path / "out", recipe="sequence", overrides=tiny, show_progress=False, log=lambda _: None)
+    assert summary["models"].keys() == {"sasrec@sequence", "gru4rec-ce@sequence"}
+    for name in ("sasrec", "gru4rec-ce"):
+        config = (tmp_path / "out" / "runs" / "toys" / "sequence" / name / "seed1" / "config.toml").read_text()
+        assert 'examples = "sequence"' in config
+
+
 def test_paired_t_test():
     assert paired_t_test([1.0], [2.0]) is None
     assert paired_t_test([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) is None  # constant difference: undefined
