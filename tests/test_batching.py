@@ -19,6 +19,18 @@ def rows_of(batch):
     return out
 
 
+def random_training_data(test):
+    """Hypothesis over users' sequences (ids 1..20), max_len, batch size and shuffling seed."""
+    return settings(max_examples=40, deadline=None)(
+        given(
+            seqs=st.lists(st.lists(st.integers(1, 20), min_size=3, max_size=15), min_size=1, max_size=12),
+            max_len=st.integers(1, 6),
+            batch_size=st.integers(1, 7),
+            seed=st.integers(0, 5),
+        )(test)
+    )
+
+
 def test_prefix_examples_by_hand():
     data = SequenceData([[1, 2, 3, 4, 5, 6], [7, 8, 9]], num_items=9)
     ex = TrainExamples(data, max_len=3)
@@ -33,13 +45,7 @@ def test_prefix_examples_by_hand():
     assert rows_of(test) == [((3, 4, 5), 6), ((7, 8), 9)]
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    seqs=st.lists(st.lists(st.integers(1, 20), min_size=3, max_size=15), min_size=1, max_size=12),
-    max_len=st.integers(1, 6),
-    batch_size=st.integers(1, 7),
-    seed=st.integers(0, 5),
-)
+@random_training_data
 def test_bucketing_keeps_the_examples(seqs, max_len, batch_size, seed):
     data = SequenceData(seqs, num_items=20)
     ex = TrainExamples(data, max_len)
@@ -83,13 +89,7 @@ def test_sequence_examples_by_hand():
     assert batch.seq.tolist() == [[2, 3]] and batch.next_items.tolist() == [[3, 4]] and long.num_targets == 2
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    seqs=st.lists(st.lists(st.integers(1, 20), min_size=3, max_size=15), min_size=1, max_size=12),
-    max_len=st.integers(1, 6),
-    batch_size=st.integers(1, 7),
-    seed=st.integers(0, 5),
-)
+@random_training_data
 def test_sequence_examples_hold_the_last_pairs_of_every_user(seqs, max_len, batch_size, seed):
     """The pairs of the sequence examples are the prefix examples' pairs whose input ends within
     the last max_len positions of the training part, each history cut to that window."""
