@@ -47,23 +47,25 @@ class GRU4Rec(BaselineRecommender):
             if p.dim() >= 2:
                 nn.init.xavier_uniform_(p)
 
-    def query(self, batch: Batch) -> torch.Tensor:
-        """The top GRU layer's state after the last real item: (B, d)."""
+    def _gru(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The GRU over each row's real items: top-layer outputs (packed), final states (layers, B, d), lengths (B,)."""
         lengths = batch.mask.sum(1).clamp(min=1)  # (B,)
         x = self.emb_dropout(self.item_emb(batch.seq))  # (B, L, d)
         packed = pack_padded_sequence(left_to_right_padded(x, lengths), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h_n = self.gru(packed)  # (layers, B, d)
-        return self.out_dropout(h_n[-1])  # (B, d)
+        out, h_n = self.gru(packed)
+        return out, h_n, lengths
+
+    def query(self, batch: Batch) -> torch.Tensor:
+        """The top GRU layer's state after the last real item: (B, d)."""
+        return self.out_dropout(self._gru(batch)[1][-1])  # (B, d)
 
     def query_states(self, batch: Batch) -> torch.Tensor:
         """The top layer's state after each item, aligned with ``batch.seq`` (0 at padding): (B, L, d)."""
-        B, L = batch.seq.shape
-        lengths = batch.mask.sum(1).clamp(min=1)  # (B,)
-        x = self.emb_dropout(self.item_emb(batch.seq))  # (B, L, d)
-        packed = pack_padded_sequence(left_to_right_padded(x, lengths), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=L)  # (B, L, d), real steps first
+        L = batch.seq.shape[1]
+        packed, _, lengths = self._gru(batch)
+        out, _ = pad_packed_sequence(packed, batch_first=True, total_length=L)  # (B, L, d), real steps first
         # back to left padding: column j takes step j - (L - length), which is past the end (zero) for padding columns
-        idx = (torch.arange(L, device=x.device)[None, :] + lengths[:, None]) % L  # (B, L)
+        idx = (torch.arange(L, device=out.device)[None, :] + lengths[:, None]) % L  # (B, L)
         return self.out_dropout(out.gather(1, idx[..., None].expand_as(out)))
 
     def item_table(self) -> torch.Tensor:
