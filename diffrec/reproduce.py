@@ -107,10 +107,9 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
         raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     preset = PRESETS[name]
     if RECIPES[recipe]["train"].get("examples") == "sequence":
-        from diffrec.registry import load_builtin_parts, registry
+        from diffrec.trainer import sequence_example_models
 
-        load_builtin_parts()
-        if not getattr(registry("model").get(preset.model), "supports_sequence_examples", False):
+        if preset.model not in sequence_example_models():
             raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")
     config = RunConfig()
     config.model.model = preset.model

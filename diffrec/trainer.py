@@ -50,6 +50,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def sequence_example_models() -> list[str]:
+    """Registered models that train on sequence examples (a target at every position)."""
+    load_builtin_parts()
+    return [name for name in registry("model").names() if getattr(registry("model").get(name), "supports_sequence_examples", False)]
+
+
 def build_model(config: RunConfig, num_items: int) -> Recommender:
     """The configured model, with built-in parts and the config's plugins registered."""
     load_builtin_parts()
@@ -102,8 +108,9 @@ class Trainer:
         self.model = build_model(config, data.num_items).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         if config.train.examples == "sequence" and not self.model.supports_sequence_examples:
-            able = [n for n in registry("model").names() if getattr(registry("model").get(n), "supports_sequence_examples", False)]
-            raise ConfigError(f"model {config.model.model!r} trains on prefix examples only; --examples sequence works with: {', '.join(able)}")
+            raise ConfigError(
+                f"model {config.model.model!r} trains on prefix examples only; --examples sequence works with: {', '.join(sequence_example_models())}"
+            )
         examples = SequenceExamples if config.train.examples == "sequence" else TrainExamples
         self.examples = examples(data, config.model.max_len)
         if len(self.examples) == 0:
