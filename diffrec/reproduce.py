@@ -62,7 +62,17 @@ PRESETS: dict[str, Preset] = {
     "diffurec-lambda0": Preset("diffurec", (("delta", 0.0),), "control: lambda = 0, the noised target never reaches the approximator"),
     "diffurec-1step": Preset("diffurec", (("reverse_sampler", "one_step"),), "control: the diffurec run evaluated with a single reverse step", reevaluates="diffurec"),
     "diffurec-keypad": Preset("diffurec", (("attention_mask", "key_padding"),), "control: padding keys masked"),
+    "diffurec-pos": Preset(
+        "diffurec",
+        (("attention_mask", "key_padding"), ("position_embedding", True)),
+        "variant: learned positions (commented out in the public code), padding keys masked so that trimming stays exact",
+    ),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
+    "sasrec-own": Preset(
+        "sasrec",
+        (("loss", "bce"), ("hidden_size", 50), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.5), ("emb_dropout", 0.5)),
+        "SASRec with its paper's settings for the Amazon data: d = 50, 2 blocks, 1 head, dropout 0.5, BCE",
+    ),
     "sasrec-ce": Preset("sasrec", (("loss", "ce"),), "SASRec trained with full-catalogue cross-entropy"),
     "gru4rec": Preset("gru4rec", (("loss", "bpr"),), "GRU4Rec, ranking loss with sampled negatives"),
     "gru4rec-ce": Preset("gru4rec", (("loss", "ce"),), "GRU4Rec, full-catalogue cross-entropy"),

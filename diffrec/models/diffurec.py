@@ -50,6 +50,8 @@ class DiffuRec(Recommender):
         self.item_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding, no padding_idx (public code)
         nn.init.normal_(self.item_emb.weight, std=config.emb_init_std)
         self.pos_emb = nn.Embedding(config.max_len, d) if config.position_embedding else None
+        if self.pos_emb is not None:  # on the items' scale, so that positions do not drown a small-std item table
+            nn.init.normal_(self.pos_emb.weight, std=config.emb_init_std)
         self.emb_dropout = Dropout(config.emb_dropout)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
