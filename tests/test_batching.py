@@ -167,3 +167,18 @@ def test_official_mask_depends_on_padding_but_not_on_trimming():
     assert torch.allclose(
         key.full_sort_predict(a, torch.Generator().manual_seed(0)), key.full_sort_predict(b, torch.Generator().manual_seed(0)), atol=1e-5
     )
+
+
+def test_learned_positions_start_on_the_items_scale_and_make_order_matter():
+    """The position table is drawn like the item table (else N(0, 1) positions drown N(0, 0.05²) items),
+    and with it the history's order reaches the output: without positions the bidirectional
+    approximator sees the earlier items as a set."""
+    model = diffurec(attention_mask="key_padding", position_embedding=True, hidden_size=64, emb_init_std=0.05, delta=0.0).eval()
+    assert abs(model.pos_emb.weight.std().item() - 0.05) < 0.01
+    assert abs(model.item_emb.weight.std().item() - 0.05) < 0.01
+    a, b = history_batch([3, 4, 5, 6], max_len=10), history_batch([5, 4, 3, 6], max_len=10)  # same last item
+    for positions, differ in ((False, False), (True, True)):
+        model = diffurec(attention_mask="key_padding", position_embedding=positions, delta=0.0).eval()
+        sa = model.full_sort_predict(a, torch.Generator().manual_seed(0))
+        sb = model.full_sort_predict(b, torch.Generator().manual_seed(0))
+        assert torch.allclose(sa, sb, atol=1e-5) != differ

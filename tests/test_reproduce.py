@@ -6,7 +6,7 @@ from diffrec.data import make_synthetic
 from diffrec.errors import DiffrecError
 from diffrec.reproduce import PRESETS, RECIPES, markdown_table, paired_t_test, preset_config, reproduce
 from diffrec.registry import load_builtin_parts, registry
-from diffrec.trainer import step_lr
+from diffrec.trainer import build_model, step_lr
 
 load_builtin_parts()
 
@@ -89,6 +89,10 @@ def test_presets_and_errors():
     with pytest.raises(DiffrecError, match="unknown model preset"):
         preset_config("nope", "beauty", "paper", 1, "x")
     assert "sasrec-ce" in PRESETS
+    own = preset_config("sasrec-own", "beauty", "sequence", 1, "x").model  # SASRec's Amazon settings
+    assert (own.loss, own.hidden_size, own.num_blocks, own.num_heads, own.dropout, own.emb_dropout) == ("bce", 50, 2, 1, 0.5, 0.5)
+    pos = preset_config("diffurec-pos", "beauty", "fast", 1, "x")
+    assert pos.model.position_embedding and build_model(pos, 30).trims_padding_exactly  # bucketing stays exact
     with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):
         preset_config("diffurec", "beauty", "slow", 1, "x")
 
