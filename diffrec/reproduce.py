@@ -87,7 +87,8 @@ PRESETS: dict[str, Preset] = {
 #: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options;
 #: "long" = "fast" with a longer stretch at the full learning rate; "sequence" = SASRec's own training
 #: (one example per user, a target at every position, batch 128, 200 epochs at a constant 1e-3) for
-#: the models that score every position (sasrec, gru4rec, stosa).
+#: the models that score every position (sasrec, gru4rec, stosa); "fast-2x" = "fast" at twice the
+#: learning rate, after a warm-up.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},
     "fast": {
@@ -103,6 +104,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "sequence": {
         "model": {},
         "train": {"examples": "sequence", "batch_size": 128, "epochs": 200, "eval_every": 10, "patience": 5, "lr_step": 200},
+    },
+    # "fast" at twice the learning rate, reached by a linear warm-up over the first 500 steps
+    "fast-2x": {
+        "model": {"emb_init_std": 0.05},
+        "train": {"epochs": 21, "eval_every": 3, "patience": 2, "lr_step": 15, "lr": 2e-3, "warmup_steps": 500},
     },
 }
 
