@@ -82,8 +82,17 @@ def _seeds_and_epochs(entry: dict) -> str:
 
 def plot_summary(summary: dict, out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
     """Test metrics of a reproduction summary (``benchmarks/results/<dataset>.json``): one bar per
-    entry (mean over seeds, ± one std), a dot per seed, and the paper's Table 2 as dashed lines."""
+    entry (mean over seeds, ± one std), a dot per seed, and a diamond at the paper's Table-2 value of
+    the entry's model."""
     return _save(summary_figure(summary, metrics), out)
+
+
+def _model_of(key: str) -> str:
+    """The registered model behind a summary key (``sasrec-ce@fast`` -> ``sasrec``)."""
+    from diffrec.reproduce import PRESETS
+
+    preset = key.split("@")[0]
+    return PRESETS[preset].model if preset in PRESETS else preset
 
 
 def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")):
@@ -111,6 +120,7 @@ def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10"
             for name in metrics
         }
         labels = [f"{k} ({_seeds_and_epochs(e)})" for k, e in entries]
+        models = [_model_of(k) for k, _ in entries]
     except (KeyError, TypeError) as err:
         raise DiffrecError(f"not a reproduction summary (missing {err})") from None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.9 + 0.38 * len(entries)), sharey=True)
@@ -121,9 +131,9 @@ def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10"
         ax.barh(rows, means, xerr=stds, color="#9ecae1", edgecolor="#3182bd", capsize=3)
         for row, values in zip(rows, seeds):
             ax.plot(values, [row] * len(values), "o", color="#08519c", markersize=3)
-        for i, (model, row) in enumerate(sorted(paper.items())):
-            if name in row:
-                ax.axvline(row[name], linestyle="--", color=f"C{i + 1}", label=f"paper: {model} {row[name]:.2f}")
+        marks = [(paper[model][name], row) for row, model in zip(rows, models) if name in paper.get(model, {})]
+        if marks:
+            ax.plot(*zip(*marks), "D", linestyle="none", color="#de2d26", markersize=5, label="paper's Table 2, same model")
         ax.set(xlabel=f"test {name} (percent)", title=name)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small", loc="lower right")

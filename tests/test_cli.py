@@ -206,15 +206,16 @@ def _summary():
     return {
         "dataset": "beauty",
         "models": {"diffurec@fast": entry({1: 8.0, 2: 8.4}, 21), "sasrec": entry({1: 3.0}, 6)},
-        "paper": {"diffurec": {"HR@10": 7.9, "NDCG@10": 4.75}},
+        "paper": {"diffurec": {"HR@10": 7.9, "NDCG@10": 4.75}, "bert4rec": {"HR@10": 3.7, "NDCG@10": 1.8}},
     }
 
 
 def test_plot_summary_figure():
     import matplotlib.pyplot as plt
 
-    from diffrec.plots import summary_figure
+    from diffrec.plots import _model_of, summary_figure
 
+    assert (_model_of("sasrec-ce@fast"), _model_of("diffurec-1step@long"), _model_of("sasrec")) == ("sasrec", "diffurec", "sasrec")
     fig = summary_figure(_summary())
     hr, ndcg = fig.axes[:2]
     assert [p.get_width() for p in hr.patches] == pytest.approx([3.0, 8.2])  # sorted, worst first
@@ -222,7 +223,9 @@ def test_plot_summary_figure():
     assert [t.get_text() for t in hr.get_yticklabels()] == ["sasrec (1 seed, 6 ep)", "diffurec@fast (2 seeds, 21 ep)"]
     dots = sorted(x for line in hr.get_lines() if line.get_marker() == "o" for x in line.get_xdata())
     assert dots == pytest.approx([3.0, 8.0, 8.4])
-    assert [line.get_xdata()[0] for line in ndcg.get_lines() if line.get_linestyle() == "--"] == [4.75]
+    # the paper's value of each entry's own model on that entry's row; none for models the table lacks
+    (paper,) = [line for line in ndcg.get_lines() if line.get_marker() == "D"]
+    assert list(paper.get_xdata()) == [4.75] and list(paper.get_ydata()) == [1]
     plt.close(fig)
 
 
