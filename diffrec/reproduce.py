@@ -88,6 +88,11 @@ PRESETS: dict[str, Preset] = {
     "gru4rec": Preset("gru4rec", (("loss", "bpr"),), "GRU4Rec, ranking loss with sampled negatives"),
     "gru4rec-ce": Preset("gru4rec", (("loss", "ce"),), "GRU4Rec, full-catalogue cross-entropy"),
     "bert4rec": Preset("bert4rec", (("loss", "ce"),), "BERT4Rec, cloze objective"),
+    "bert4rec-own": Preset(
+        "bert4rec",
+        (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 2), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"mask_prob": 0.6})),
+        "BERT4Rec with its paper's settings for Beauty: d = 64, 2 blocks, 2 heads, dropout 0.1, mask proportion 0.6",
+    ),
     "bert4rec-ce": Preset("bert4rec", (("loss", "ce"), ("options", {"objective": "next"})), "BERT4Rec trained on the next item with full cross-entropy"),
     "caser": Preset("caser", (("loss", "bce"),), "Caser, BCE with sampled negatives"),
     "caser-ce": Preset("caser", (("loss", "ce"),), "Caser, full-catalogue cross-entropy"),
@@ -98,7 +103,7 @@ PRESETS: dict[str, Preset] = {
 #: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options;
 #: "long" = "fast" with a longer stretch at the full learning rate; "sequence" = SASRec's own training
 #: (one example per user, a target at every position, batch 128, 200 epochs at a constant 1e-3) for
-#: the models that score every position (sasrec, gru4rec, stosa); "fast-2x" = "fast" at twice the
+#: the models that score every position (sasrec, gru4rec, stosa; bert4rec masks the whole window); "fast-2x" = "fast" at twice the
 #: learning rate, after a warm-up.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},

@@ -22,6 +22,7 @@ from diffrec.data import make_synthetic
 from diffrec.data.batching import Batch
 from diffrec.data.synthetic import popularity_hr_at_k
 from diffrec.errors import ConfigError
+from diffrec.models.baselines import BaselineRecommender
 from diffrec.registry import registry
 from diffrec.sampled_losses import sample_negatives
 from diffrec.trainer import Trainer, build_model, sequence_example_models
@@ -121,6 +122,8 @@ def test_trimmed_batches_give_the_same_scores(name):
 # --------------------------------------------------------------------------- sequence examples
 
 SEQUENCE_MODELS = [name for name in MODELS if registry("model").get(name).supports_sequence_examples]
+#: the models that score every position of a sequence example (BERT4Rec instead cloze-masks it)
+CAUSAL_MODELS = [name for name in SEQUENCE_MODELS if registry("model").get(name).query_states is not BaselineRecommender.query_states]
 
 
 def sequence_batch(histories: list[list[int]], width: int) -> Batch:
@@ -136,12 +139,13 @@ def sequence_batch(histories: list[list[int]], width: int) -> Batch:
 SEQUENCES = [[3, 7, 1, 9], [2, 5], [5, 9, 30, 4, 6], [8, 8, 8], [11, 12, 13, 14, 15, 16]]  # longest input 5
 
 
-def test_the_causal_baselines_train_on_sequence_examples():
-    assert SEQUENCE_MODELS == ["sasrec", "gru4rec", "stosa"]  # BERT4Rec is bidirectional, Caser windowed
-    assert sequence_example_models() == ["gru4rec", "sasrec", "stosa"]  # every registered model, DiffuRec not among them
+def test_which_baselines_train_on_sequence_examples():
+    assert SEQUENCE_MODELS == ["sasrec", "gru4rec", "bert4rec", "stosa"]  # not Caser, whose windows are its own
+    assert CAUSAL_MODELS == ["sasrec", "gru4rec", "stosa"]  # BERT4Rec is bidirectional
+    assert sequence_example_models() == ["bert4rec", "gru4rec", "sasrec", "stosa"]  # every registered model, DiffuRec not among them
 
 
-@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+@pytest.mark.parametrize("name", CAUSAL_MODELS)
 def test_each_position_state_is_the_query_of_its_prefix(name):
     """Position j's state equals query() of the batch cut after column j (same window positions):
     states are causal and aligned with the input, and the last one is query()."""
@@ -155,7 +159,7 @@ def test_each_position_state_is_the_query_of_its_prefix(name):
         assert torch.allclose(states[real, j], model.query(cut)[real], atol=1e-5), (name, j)
 
 
-@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+@pytest.mark.parametrize("name", CAUSAL_MODELS)
 def test_sequence_loss_averages_every_position(name):
     """With ce (deterministic), the loss of a sequence batch is the mean cross-entropy of every real
     position's query against the item after it."""
@@ -173,6 +177,33 @@ def test_sequence_loss_averages_every_position(name):
     assert torch.allclose(model.calculate_loss(batch), want, atol=1e-5)
 
 
+def test_bert4rec_cloze_masks_the_whole_window_of_a_sequence_example(monkeypatch):
+    """A sequence example's cloze input is the user's window (input + last target): the last item is
+    always masked, any other real item with probability mask_prob, padding never; each masked
+    position is scored against its own item."""
+    model = make_model("bert4rec", options={"mask_prob": 0.5})
+    batch = sequence_batch(SEQUENCES, 6)
+    windows = torch.cat([batch.seq, batch.target[:, None]], dim=1)  # (B, 7)
+    encode, inputs, scored = model.encode, [], []
+    monkeypatch.setattr(model, "encode", lambda tokens, b: inputs.append(tokens) or encode(tokens, b))
+    monkeypatch.setattr(model, "target_loss", lambda query, targets: scored.append(targets) or query.sum(-1))
+    torch.manual_seed(1)
+    draws = 400
+    counts = torch.zeros(windows.shape)
+    for _ in range(draws):
+        inputs.clear(), scored.clear()
+        model.calculate_loss(batch)
+        masked = inputs[0] == model.mask_id  # (B, 7)
+        assert torch.equal(inputs[0][~masked], windows[~masked])  # the rest of the window is kept
+        assert torch.equal(scored[0], windows[masked])  # each masked position predicts its own item
+        counts += masked
+    real = windows > 0
+    assert (counts[:, -1] == draws).all()  # the last target, every time
+    assert (counts[~real] == 0).all()  # never padding
+    rate = counts[:, :-1][real[:, :-1]] / draws
+    assert ((rate > 0.4) & (rate < 0.6)).all(), rate  # every other item about half the time
+
+
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)
 def test_sequence_examples_shapes_and_gradients(name):
     model = make_model(name, loss=NATIVE_LOSS[name], dropout=0.1, emb_dropout=0.1)
@@ -183,10 +214,10 @@ def test_sequence_examples_shapes_and_gradients(name):
     assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-@pytest.mark.parametrize("name", ["bert4rec", "caser", "diffurec"])
+@pytest.mark.parametrize("name", ["caser", "diffurec"])
 def test_prefix_only_models_refuse_sequence_examples(name, tmp_path):
     config = RunConfig(model=ModelConfig(model=name, hidden_size=16, num_blocks=1, num_heads=2, max_len=8), train=TrainConfig(examples="sequence"))
-    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*gru4rec, sasrec, stosa"):
+    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*bert4rec, gru4rec, sasrec, stosa"):
         Trainer(config, make_synthetic(num_users=50, num_items=20, seed=0), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -311,9 +342,11 @@ def test_learns_the_planted_structure(name, loss, options, synthetic, tmp_path):
     options = dict(options)
     examples = options.pop("examples", "prefix")
     batch_size = 16 if examples == "sequence" else 64  # a sequence example holds about 4 prefix examples here
+    # a cloze over whole windows supervises only the masked items, about a third of the pairs here
+    epochs = 10 if examples == "sequence" and name == "bert4rec" else 3
     config = RunConfig(
         model=ModelConfig(model=name, loss=loss, hidden_size=32, num_blocks=1, num_heads=2, max_len=20, dropout=0.1, emb_dropout=0.1, options=options),
-        train=TrainConfig(epochs=3, batch_size=batch_size, lr=5e-3, eval_every=3, seed=0, examples=examples),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=5e-3, eval_every=epochs, seed=0, examples=examples),
         eval=EvalConfig(batch_size=512),
     )
     final = Trainer(config, synthetic, tmp_path / "run", show_progress=False).fit()

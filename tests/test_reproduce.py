@@ -91,6 +91,9 @@ def test_presets_and_errors():
     assert "sasrec-ce" in PRESETS
     own = preset_config("sasrec-own", "beauty", "sequence", 1, "x").model  # SASRec's Amazon settings
     assert (own.loss, own.hidden_size, own.num_blocks, own.num_heads, own.dropout, own.emb_dropout) == ("bce", 50, 2, 1, 0.5, 0.5)
+    bert = preset_config("bert4rec-own", "beauty", "sequence", 1, "x")  # BERT4Rec's Beauty settings
+    assert (bert.model.hidden_size, bert.model.num_blocks, bert.model.num_heads, bert.model.dropout, bert.model.options) == (64, 2, 2, 0.1, {"mask_prob": 0.6})
+    assert bert.train.examples == "sequence"
     pos = preset_config("diffurec-pos", "beauty", "fast", 1, "x")
     assert pos.model.position_embedding and build_model(pos, 30).trims_padding_exactly  # bucketing stays exact
     with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):

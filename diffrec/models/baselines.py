@@ -28,7 +28,9 @@ Examples: by default a batch holds prefix examples, one target each. SASRec,
 GRU4Rec and STOSA also define ``query_states`` (a query at every position, each
 from the items up to it) and set ``supports_sequence_examples``; with
 ``--examples sequence`` (``Batch.next_items``) every real position is a
-(query, target) pair of ``training_pairs``, as those papers train.
+(query, target) pair of ``training_pairs``, as those papers train. BERT4Rec
+also accepts sequence examples: its cloze task masks the user's whole
+training window (see ``bert4rec.py``).
 
 Paper-native recipes: ``sasrec --loss bce``, ``gru4rec --loss bpr``,
 ``caser --loss bce``, ``bert4rec --loss ce``, ``stosa --loss bpr``.

@@ -19,7 +19,13 @@ masked independently with probability ``options["mask_prob"]`` (default 0.2).
 Every masked position predicts its original item with ``config.loss`` (``ce``,
 the paper's softmax over items, by default), averaged over masked positions.
 With ``objective = "next"`` only the target is masked. Masked tokens are
-always replaced by [MASK] (no BERT 80/10/10 rule). Init: truncated normal (std
+always replaced by [MASK] (no BERT 80/10/10 rule).
+
+Sequence examples (``--examples sequence``, the paper's own training): one
+example per user, its whole training window, cloze-masked as above, so every
+epoch sees each user once with fresh masks. The batch's input plus its last
+target is that window; the target is masked as before and the other items with
+probability ``mask_prob`` (the paper found 0.6 best on Beauty). Init: truncated normal (std
 0.02) as in BERT; ``config.emb_init_std`` is unused.
 """
 
@@ -48,6 +54,8 @@ class BERT4Rec(BaselineRecommender):
     """BERT4Rec: a bidirectional Transformer trained by cloze; a trailing [MASK] scores the next item."""
 
     option_defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.2}
+    #: the cloze input is prefix + target, which for a sequence example is the user's training window
+    supports_sequence_examples = True
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
