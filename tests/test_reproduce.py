@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -116,6 +117,14 @@ def test_every_preset_builds_under_every_recipe(name, recipe):
         assert {step_lr(config.train, e) for e in range(config.train.epochs)} == {config.train.lr}
     elif recipe != "paper":
         assert config.train.lr_step < config.train.epochs  # the decay happens within the budget
+
+
+@pytest.mark.parametrize("recipe,changes", [("fast-2x", {"lr": 2e-3, "warmup_steps": 500}), ("fast-b1024", {"batch_size": 1024})])
+def test_derived_recipes_change_only_what_they_name(recipe, changes):
+    fast, derived = preset_config("diffurec", "beauty", "fast", 1, "x"), preset_config("diffurec", "beauty", recipe, 1, "x")
+    assert derived.model == fast.model
+    differ = {f.name: getattr(derived.train, f.name) for f in dataclasses.fields(fast.train) if getattr(derived.train, f.name) != getattr(fast.train, f.name)}
+    assert differ == changes
 
 
 def test_sequence_recipe_is_refused_before_training_for_prefix_only_presets(tmp_path):
