@@ -92,6 +92,8 @@ def test_presets_and_errors():
     assert "sasrec-ce" in PRESETS
     own = preset_config("sasrec-own", "beauty", "sequence", 1, "x").model  # SASRec's Amazon settings
     assert (own.loss, own.hidden_size, own.num_blocks, own.num_heads, own.dropout, own.emb_dropout) == ("bce", 50, 2, 1, 0.5, 0.5)
+    caser = preset_config("caser-own", "beauty", "paper", 1, "x").model  # Caser's own settings
+    assert (caser.loss, caser.hidden_size, caser.dropout, caser.options) == ("bce", 50, 0.5, {})
     bert = preset_config("bert4rec-own", "beauty", "sequence", 1, "x")  # BERT4Rec's Beauty settings
     assert (bert.model.hidden_size, bert.model.num_blocks, bert.model.num_heads, bert.model.dropout, bert.model.options) == (64, 2, 2, 0.1, {"mask_prob": 0.6})
     assert bert.train.examples == "sequence"
