@@ -95,7 +95,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "bert4rec-ce": Preset("bert4rec", (("loss", "ce"), ("options", {"objective": "next"})), "BERT4Rec trained on the next item with full cross-entropy"),
     "caser": Preset("caser", (("loss", "bce"),), "Caser, BCE with sampled negatives"),
-    "caser-own": Preset("caser", (("loss", "bce"), ("hidden_size", 50), ("dropout", 0.5)), "Caser with its paper's settings: d = 50, dropout 0.5, BCE"),
+    "caser-own": Preset("caser", (("loss", "bce"), ("hidden_size", 50), ("num_heads", 1), ("dropout", 0.5)), "Caser with its paper's settings: d = 50, dropout 0.5, BCE"),
     "caser-ce": Preset("caser", (("loss", "ce"),), "Caser, full-catalogue cross-entropy"),
     "stosa": Preset("stosa", (("loss", "bpr"),), "STOSA, Wasserstein attention, BPR plus its distance regulariser"),
     "stosa-ce": Preset("stosa", (("loss", "ce"), ("options", {"objective": "next"})), "STOSA trained with full cross-entropy on -W2 scores"),
