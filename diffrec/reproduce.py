@@ -332,6 +332,8 @@ def reproduce(
                     stored = config.train
                     config.train = dataclasses.replace(stored, **{key: getattr(wanted, key) for key in RESUMABLE_CHANGES})
                     for key in ("epochs", "patience"):  # never shorten a run or its patience
+                        if getattr(wanted, key) < getattr(stored, key):
+                            log(f"{name} seed {seed}: keeps its {key} of {getattr(stored, key)}; a resumed run is never shortened (asked for {getattr(wanted, key)})")
                         setattr(config.train, key, max(getattr(wanted, key), getattr(stored, key)))
                 log(f"{name} seed {seed}: {'resuming' if resume else 'training'} in {run_dir}")
                 t0 = time.perf_counter()

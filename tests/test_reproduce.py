@@ -65,6 +65,14 @@ def test_reproduce_writes_summary_and_reuses_runs(tmp_path):
     assert logs == [f"diffurec seed 1: resuming in {tmp_path / 'out' / 'runs' / 'beauty' / 'paper' / 'diffurec' / 'seed1'}"]
     assert extended["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
 
+    # an unfinished run resumed with a smaller budget keeps its own, and says so
+    run_dir = tmp_path / "out" / "runs" / "beauty" / "paper" / "diffurec" / "seed1"
+    (run_dir / "metrics.json").unlink()  # as if stopped after its last epoch, before testing
+    logs.clear()
+    resumed = reproduce("beauty", **{**kwargs, "models": ["diffurec"], "seeds": [1]})
+    assert logs[0] == "diffurec seed 1: keeps its epochs of 2; a resumed run is never shortened (asked for 1)"
+    assert resumed["models"]["diffurec"]["runs"][0]["epochs_run"] == 2
+
     def longer_on_one_thread(config):
         longer(config)
         config.train.epochs = 3
