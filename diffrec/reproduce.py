@@ -104,8 +104,9 @@ PRESETS: dict[str, Preset] = {
 #: Training recipes: "paper" = the public code's schedule; "fast" = the named convergence options;
 #: "long" = "fast" with a longer stretch at the full learning rate; "sequence" = SASRec's own training
 #: (one example per user, a target at every position, batch 128, 200 epochs at a constant 1e-3) for
-#: the models that score every position (sasrec, gru4rec, stosa; bert4rec masks the whole window); "fast-2x" = "fast" at twice the
-#: learning rate, after a warm-up; "fast-b1024" = "fast" at the paper's batch size.
+#: the models that take sequence examples (sasrec, gru4rec, stosa; bert4rec cloze-masks the whole
+#: window); "fast-2x" = "fast" at twice the learning rate, after a warm-up; "fast-b1024" = "fast"
+#: at the paper's batch size.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"model": {}, "train": {}},
     "fast": {

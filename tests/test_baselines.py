@@ -342,7 +342,7 @@ def test_learns_the_planted_structure(name, loss, options, synthetic, tmp_path):
     options = dict(options)
     examples = options.pop("examples", "prefix")
     batch_size = 16 if examples == "sequence" else 64  # a sequence example holds about 4 prefix examples here
-    # a cloze over whole windows supervises only the masked items, about a third of the pairs here
+    # a cloze over whole windows supervises only the masked items, 30 % of the pairs here
     epochs = 10 if examples == "sequence" and name == "bert4rec" else 3
     config = RunConfig(
         model=ModelConfig(model=name, loss=loss, hidden_size=32, num_blocks=1, num_heads=2, max_len=20, dropout=0.1, emb_dropout=0.1, options=options),
