@@ -78,6 +78,7 @@ PRESETS: dict[str, Preset] = {
         (("attention_mask", "key_padding"), ("position_embedding", True)),
         "variant: learned positions (commented out in the public code), padding keys masked so that trimming stays exact",
     ),
+    "diffurec-dropout": Preset("diffurec", (("dropout", 0.2),), "variant: the approximator's dropout at 0.2 instead of the public code's 0.1"),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-own": Preset(
         "sasrec",
