@@ -79,6 +79,7 @@ PRESETS: dict[str, Preset] = {
         "variant: learned positions (commented out in the public code), padding keys masked so that trimming stays exact",
     ),
     "diffurec-dropout": Preset("diffurec", (("dropout", 0.2),), "variant: the approximator's dropout at 0.2 instead of the public code's 0.1"),
+    "diffurec-nodropout": Preset("diffurec", (("dropout", 0.0),), "variant: no dropout in the approximator (the public code's 0.1); the embedding dropout stays"),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-own": Preset(
         "sasrec",

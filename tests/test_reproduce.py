@@ -109,6 +109,8 @@ def test_presets_and_errors():
     assert pos.model.position_embedding and build_model(pos, 30).trims_padding_exactly  # bucketing stays exact
     drop = preset_config("diffurec-dropout", "beauty", "fast", 1, "x").model
     assert (drop.dropout, drop.emb_dropout, drop.attention_mask) == (0.2, 0.3, "official")  # only the block dropout moves
+    nodrop = preset_config("diffurec-nodropout", "beauty", "fast", 1, "x").model
+    assert (nodrop.dropout, nodrop.emb_dropout, nodrop.attention_mask) == (0.0, 0.3, "official")
     with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):
         preset_config("diffurec", "beauty", "slow", 1, "x")
 
