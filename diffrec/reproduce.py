@@ -100,6 +100,11 @@ PRESETS: dict[str, Preset] = {
     "caser-own": Preset("caser", (("loss", "bce"), ("hidden_size", 50), ("num_heads", 1), ("dropout", 0.5)), "Caser with its paper's settings: d = 50, dropout 0.5, BCE"),
     "caser-ce": Preset("caser", (("loss", "ce"),), "Caser, full-catalogue cross-entropy"),
     "stosa": Preset("stosa", (("loss", "bpr"),), "STOSA, Wasserstein attention, BPR plus its distance regulariser"),
+    "stosa-own": Preset(
+        "stosa",
+        (("loss", "bpr"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 4), ("dropout", 0.3), ("emb_dropout", 0.3), ("options", {"attn_dropout": 0.0})),
+        "STOSA with its authors' Beauty settings: d = 64, 1 block, 4 heads, hidden dropout 0.3, no attention dropout, BPR",
+    ),
     "stosa-ce": Preset("stosa", (("loss", "ce"), ("options", {"objective": "next"})), "STOSA trained with full cross-entropy on -W2 scores"),
 }
 

@@ -285,6 +285,15 @@ def test_stosa_native_objective_adds_the_positive_negative_regulariser():
     assert torch.allclose(model.calculate_loss(batch), bpr, atol=1e-5)
 
 
+def test_stosa_attention_dropout_is_its_own_option():
+    model = make_model("stosa", options={"attn_dropout": 0.0})
+    assert {(b.attn_dropout.p, b.drop.p) for b in model.blocks} == {(0.0, model.config.dropout)}
+    assert {b.attn_dropout.p for b in make_model("stosa").blocks} == {0.1}  # default: the dropout the earlier runs used
+    for bad in (1.0, -0.1, "0.2", True):
+        with pytest.raises(ConfigError, match="attn_dropout must be a number in"):
+            make_model("stosa", options={"attn_dropout": bad})
+
+
 @pytest.mark.parametrize("objective,mask_prob,more_than_targets", [("native", 0.0, False), ("native", 0.9, True), ("next", 0.9, False)])
 def test_bert4rec_cloze_masks_the_target_and_prefix_positions(objective, mask_prob, more_than_targets):
     model = make_model("bert4rec", options={"objective": objective, "mask_prob": mask_prob})

@@ -111,6 +111,10 @@ def test_presets_and_errors():
     assert (drop.dropout, drop.emb_dropout, drop.attention_mask) == (0.2, 0.3, "official")  # only the block dropout moves
     nodrop = preset_config("diffurec-nodropout", "beauty", "fast", 1, "x").model
     assert (nodrop.dropout, nodrop.emb_dropout, nodrop.attention_mask) == (0.0, 0.3, "official")
+    stosa = preset_config("stosa-own", "beauty", "sequence", 1, "x").model  # STOSA's Beauty settings
+    assert (stosa.loss, stosa.hidden_size, stosa.num_blocks, stosa.num_heads, stosa.dropout, stosa.emb_dropout, stosa.options) == (
+        "bpr", 64, 1, 4, 0.3, 0.3, {"attn_dropout": 0.0}
+    )
     with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):
         preset_config("diffurec", "beauty", "slow", 1, "x")
 

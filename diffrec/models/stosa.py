@@ -30,7 +30,9 @@ loss plus ``options["pvn_weight"]`` (default 0.005, a small weight: tune it)
 times the positive-negative regulariser ``max(0, d(seq, pos) - d(pos, neg))``,
 which asks the target to sit closer to the sequence than to the negative. The
 regulariser shares the sampled negative of ``bpr``/``bce`` (with ``ce`` it
-draws its own). ``objective = "next"`` drops the regulariser. Init: N(0, 0.02)
+draws its own). ``objective = "next"`` drops the regulariser.
+``options["attn_dropout"]`` (default 0.1) drops attention weights; ``config.dropout``
+drops the sublayer outputs (the authors' Beauty run: 0.0 and 0.3). Init: N(0, 0.02)
 for weights and embeddings (the authors' BERT-style code);
 ``config.emb_init_std`` is unused.
 """
@@ -77,7 +79,7 @@ def wasserstein_pairs(mean_a: torch.Tensor, std_a: torch.Tensor, mean_b: torch.T
 class WassersteinBlock(nn.Module):
     """Wasserstein self-attention and feed-forward on the mean and covariance streams (post-LN)."""
 
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, attn_dropout: float) -> None:
         super().__init__()
         self.heads = heads
         self.mean_qkv = nn.Linear(d, 3 * d)
@@ -87,8 +89,8 @@ class WassersteinBlock(nn.Module):
         self.mean_ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
         self.cov_ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
         self.norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-12) for _ in range(4))  # mean/cov after attention, mean/cov after FFN
-        self.attn_dropout = nn.Dropout(dropout)
-        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = nn.Dropout(attn_dropout)  # on the attention weights
+        self.drop = nn.Dropout(dropout)  # on the sublayer outputs
 
     def heads_of(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         B, L, _ = x.shape
@@ -114,13 +116,16 @@ class WassersteinBlock(nn.Module):
 class STOSA(BaselineRecommender):
     """STOSA: Gaussian item embeddings, Wasserstein self-attention; items ranked by -W2 distance."""
 
-    option_defaults: ClassVar[dict[str, Any]] = {"pvn_weight": 0.005}
+    option_defaults: ClassVar[dict[str, Any]] = {"pvn_weight": 0.005, "attn_dropout": 0.1}
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         self.pvn_weight = float(self.options["pvn_weight"])
         if self.pvn_weight < 0:
             raise ConfigError(f"pvn_weight must be >= 0, got {self.pvn_weight}")
+        attn_dropout = self.options["attn_dropout"]
+        if isinstance(attn_dropout, bool) or not isinstance(attn_dropout, (int, float)) or not 0 <= attn_dropout < 1:
+            raise ConfigError(f"attn_dropout must be a number in [0, 1), got {attn_dropout!r}")
         d = config.hidden_size
         self.mean_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding (masked out of attention)
         self.cov_emb = nn.Embedding(num_items + 1, d)
@@ -129,7 +134,7 @@ class STOSA(BaselineRecommender):
         self.mean_norm = nn.LayerNorm(d, eps=1e-12)
         self.cov_norm = nn.LayerNorm(d, eps=1e-12)
         self.emb_dropout = nn.Dropout(config.emb_dropout)
-        self.blocks = nn.ModuleList(WassersteinBlock(d, config.num_heads, config.dropout) for _ in range(config.num_blocks))
+        self.blocks = nn.ModuleList(WassersteinBlock(d, config.num_heads, config.dropout, float(attn_dropout)) for _ in range(config.num_blocks))
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
