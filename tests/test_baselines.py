@@ -286,8 +286,8 @@ def test_stosa_native_objective_adds_the_positive_negative_regulariser():
 
 
 def test_stosa_attention_dropout_is_its_own_option():
-    model = make_model("stosa", options={"attn_dropout": 0.0})
-    assert {(b.attn_dropout.p, b.drop.p) for b in model.blocks} == {(0.0, model.config.dropout)}
+    model = make_model("stosa", dropout=0.3, options={"attn_dropout": 0.05})  # distinct values: a swap would show
+    assert {(b.attn_dropout.p, b.drop.p) for b in model.blocks} == {(0.05, 0.3)}
     assert {b.attn_dropout.p for b in make_model("stosa").blocks} == {0.1}  # default: the dropout the earlier runs used
     for bad in (1.0, -0.1, "0.2", True):
         with pytest.raises(ConfigError, match="attn_dropout must be a number in"):
