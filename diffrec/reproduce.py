@@ -80,6 +80,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "diffurec-dropout": Preset("diffurec", (("dropout", 0.2),), "variant: the approximator's dropout at 0.2 instead of the public code's 0.1"),
     "diffurec-nodropout": Preset("diffurec", (("dropout", 0.0),), "variant: no dropout in the approximator (the public code's 0.1); the embedding dropout stays"),
+    "diffurec-embdrop0.2": Preset("diffurec", (("emb_dropout", 0.2),), "variant: the item-embedding dropout at 0.2 instead of the public code's 0.3"),
+    "diffurec-embdrop0.5": Preset("diffurec", (("emb_dropout", 0.5),), "variant: the item-embedding dropout at 0.5 instead of the public code's 0.3"),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-own": Preset(
         "sasrec",

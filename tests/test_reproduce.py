@@ -111,6 +111,9 @@ def test_presets_and_errors():
     assert (drop.dropout, drop.emb_dropout, drop.attention_mask) == (0.2, 0.3, "official")  # only the block dropout moves
     nodrop = preset_config("diffurec-nodropout", "beauty", "fast", 1, "x").model
     assert (nodrop.dropout, nodrop.emb_dropout, nodrop.attention_mask) == (0.0, 0.3, "official")
+    for name, rate in (("diffurec-embdrop0.2", 0.2), ("diffurec-embdrop0.5", 0.5)):  # only the embedding dropout moves
+        emb = preset_config(name, "beauty", "fast", 1, "x").model
+        assert (emb.dropout, emb.emb_dropout, emb.emb_init_std, emb.attention_mask) == (0.1, rate, 0.05, "official")
     stosa = preset_config("stosa-own", "beauty", "sequence", 1, "x").model  # STOSA's Beauty settings
     assert (stosa.loss, stosa.hidden_size, stosa.num_blocks, stosa.num_heads, stosa.dropout, stosa.emb_dropout, stosa.options) == (
         "bpr", 64, 1, 4, 0.3, 0.3, {"attn_dropout": 0.0}
