@@ -88,6 +88,11 @@ PRESETS: dict[str, Preset] = {
         (("loss", "bce"), ("hidden_size", 50), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.5), ("emb_dropout", 0.5)),
         "SASRec with its paper's settings for the Amazon data: d = 50, 2 blocks, 1 head, dropout 0.5, BCE",
     ),
+    "sasrec-own-ml1m": Preset(
+        "sasrec",
+        (("loss", "bce"), ("hidden_size", 50), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.2), ("emb_dropout", 0.2)),
+        "SASRec with its paper's settings for MovieLens-1M: d = 50, 2 blocks, 1 head, dropout 0.2, BCE",
+    ),
     "sasrec-ce": Preset("sasrec", (("loss", "ce"),), "SASRec trained with full-catalogue cross-entropy"),
     "gru4rec": Preset("gru4rec", (("loss", "bpr"),), "GRU4Rec, ranking loss with sampled negatives"),
     "gru4rec-ce": Preset("gru4rec", (("loss", "ce"),), "GRU4Rec, full-catalogue cross-entropy"),

@@ -100,6 +100,8 @@ def test_presets_and_errors():
     assert "sasrec-ce" in PRESETS
     own = preset_config("sasrec-own", "beauty", "sequence", 1, "x").model  # SASRec's Amazon settings
     assert (own.loss, own.hidden_size, own.num_blocks, own.num_heads, own.dropout, own.emb_dropout) == ("bce", 50, 2, 1, 0.5, 0.5)
+    ml = preset_config("sasrec-own-ml1m", "ml-1m", "sequence", 1, "x").model  # SASRec's MovieLens settings
+    assert (ml.loss, ml.hidden_size, ml.num_blocks, ml.num_heads, ml.dropout, ml.emb_dropout, ml.max_len) == ("bce", 50, 2, 1, 0.2, 0.2, 200)
     caser = preset_config("caser-own", "beauty", "paper", 1, "x").model  # Caser's own settings
     assert (caser.loss, caser.hidden_size, caser.dropout, caser.options) == ("bce", 50, 0.5, {})
     bert = preset_config("bert4rec-own", "beauty", "sequence", 1, "x")  # BERT4Rec's Beauty settings
