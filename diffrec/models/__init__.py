@@ -2,10 +2,11 @@
 
 from diffrec.models.base import Recommender
 from diffrec.models.bert4rec import BERT4Rec
+from diffrec.models.bsarec import BSARec
 from diffrec.models.caser import Caser
 from diffrec.models.diffurec import DiffuRec
 from diffrec.models.gru4rec import GRU4Rec
 from diffrec.models.sasrec import SASRec
 from diffrec.models.stosa import STOSA
 
-__all__ = ["BERT4Rec", "Caser", "DiffuRec", "GRU4Rec", "Recommender", "SASRec", "STOSA"]
+__all__ = ["BERT4Rec", "BSARec", "Caser", "DiffuRec", "GRU4Rec", "Recommender", "SASRec", "STOSA"]
