@@ -9,13 +9,19 @@ Layout of a run directory::
     trainer_state.json     epoch, best metrics, patience, RNG states, for --resume
     metrics.jsonl          one line per epoch
     metrics.json           final validation and test metrics (written last)
+    ids.json               the dataset's own item ids, where they are not 1..N themselves
     .lock                  held by the process training the run (removed when it stops)
 
 No pickle is used anywhere: tensors go to safetensors, everything else to JSON/TOML.
+Every tensor file carries a SHA-256 of its tensors in its metadata, checked on load, so
+damaged weights are refused instead of producing NaN scores. Files are written
+atomically (:mod:`diffrec.files`); a folder counts as a run, and ``--force`` may replace
+it, only when it holds a readable ``config.toml`` and nothing but run files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,12 +31,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from diffrec.config import RunConfig
+from diffrec.config import DataConfig, RunConfig
 from diffrec.data.dataset import SequenceData
 from diffrec.errors import DiffrecError
+from diffrec.files import atomic_file, atomic_write, is_temp_name, make_dirs, os_error
 
 CONFIG = "config.toml"
 DATASET = "dataset.json"
@@ -39,7 +46,12 @@ LAST = "last.safetensors"
 STATE = "trainer_state.json"
 EPOCHS = "metrics.jsonl"
 FINAL = "metrics.json"
+IDS = "ids.json"
 LOCK = ".lock"
+#: what diffrec writes into a run directory (``diffrec plot`` draws RUN/curves.png by default)
+RUN_FILES = frozenset({CONFIG, DATASET, BEST, LAST, STATE, EPOCHS, FINAL, IDS, LOCK, "curves.png"})
+#: metadata key of the tensors' SHA-256 in every tensor file diffrec writes
+CHECKSUM = "diffrec.sha256"
 
 try:
     import fcntl
@@ -51,17 +63,22 @@ except ImportError:  # not POSIX: runs are not locked
 def exclusive(run_dir: pathlib.Path) -> Iterator[None]:
     """Hold the run directory's lock, so that two processes never train (or overwrite) one run.
 
-    The lock is an advisory ``flock`` on ``run_dir/.lock``; the kernel drops it when the
-    process ends, however it ends, so a crashed run never leaves a stale lock behind.
+    The lock is an advisory ``flock`` on ``run_dir/.lock`` (the folder is created when
+    missing); the kernel drops it when the process ends, however it ends, so a crashed run
+    never leaves a stale lock behind.
     """
-    if run_dir.exists() and not run_dir.is_dir():
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
         raise DiffrecError(f"{run_dir} exists and is not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(run_dir)
     if fcntl is None:
         yield
         return
     path = run_dir / LOCK
-    with path.open("a+") as fh:
+    try:
+        fh = path.open("a+")
+    except OSError as exc:
+        raise os_error(exc, run_dir, "write to") from None
+    with fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -90,24 +107,46 @@ def waiting_lock(path: pathlib.Path) -> Iterator[None]:
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: pathlib.Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """Write tensors (with their checksum in the metadata) to ``path`` atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {**(metadata or {}), CHECKSUM: tensors_digest(tensors)}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_tensors(path: pathlib.Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused when it is unreadable or fails its checksum.
+
+    Files written before checksums were stored load unchecked.
+    """
     if not path.is_file():
         raise DiffrecError(f"checkpoint file not found: {path}")
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DiffrecError(f"{path}: not a readable safetensors file ({exc})") from None
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DiffrecError(f"{path}: not a readable safetensors file ({detail})") from None
+    expected = meta.get(CHECKSUM)
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise DiffrecError(f"{path}: checksum mismatch, the file is damaged (restore it or train again)")
+    return tensors
 
 
 def data_fingerprint(data: SequenceData) -> str:
@@ -119,8 +158,11 @@ def data_fingerprint(data: SequenceData) -> str:
 
 
 def dataset_record(data: SequenceData, path: str) -> dict[str, Any]:
+    """What ``dataset.json`` records: the path as given and resolved, sizes and the fingerprint."""
+    resolved = path if path in ("", "synthetic") else str(pathlib.Path(path).resolve())
     return {
         "path": path,
+        "resolved_path": resolved,
         "name": data.name,
         "num_users": data.num_users,
         "num_items": data.num_items,
@@ -141,9 +183,15 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DiffrecError(f"{path}: weights do not fit the configured model ({first})") from None
+        raise DiffrecError(f"{path}: weights do not fit the configured model ({_load_error_detail(exc)})") from None
     model.load_extra_state(extra)  # type: ignore[operator]
+
+
+def _load_error_detail(exc: RuntimeError) -> str:
+    """The first concrete problem of a ``load_state_dict`` error (its first line is only a title)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.startswith("Error(s) in loading")), lines[0] if lines else "unknown error")
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -186,6 +234,30 @@ class RunDir:
     def is_run(self) -> bool:
         return self.file(CONFIG).is_file()
 
+    def entries(self) -> list[str]:
+        """Names in the directory, diffrec's lock and temporary files left out."""
+        try:
+            return sorted(p.name for p in self.path.iterdir() if p.name != LOCK and not is_temp_name(p.name))
+        except OSError as exc:
+            raise os_error(exc, self.path, "read") from None
+
+    def foreign_entries(self) -> list[str]:
+        """Entries diffrec never writes into a run (a sub-folder is always foreign)."""
+        return [name for name in self.entries() if name not in RUN_FILES or self.file(name).is_dir()]
+
+    def check_replaceable(self) -> None:
+        """Raise unless the directory is recognisably a diffrec run holding only run files."""
+        foreign = self.foreign_entries()
+        if not self.is_run():
+            held = _listing(foreign or self.entries())
+            raise DiffrecError(f"refusing to replace {self.path}: it is not a diffrec run (it holds {held}); --force only replaces diffrec's own run directories")
+        try:
+            RunConfig.load(self.file(CONFIG))
+        except DiffrecError:
+            raise DiffrecError(f"refusing to replace {self.path}: its {CONFIG} is not a diffrec config; --force only replaces diffrec's own run directories") from None
+        if foreign:
+            raise DiffrecError(f"refusing to replace {self.path}: it holds files that diffrec did not write ({_listing(foreign)}); move them away first")
+
     def config(self) -> RunConfig:
         if not self.is_run():
             raise DiffrecError(f"{self.path} is not a diffrec run directory (no {CONFIG})")
@@ -194,18 +266,74 @@ class RunDir:
     def dataset(self) -> dict[str, Any]:
         return self.read_json(DATASET)
 
+    def item_ids(self) -> list[str] | None:
+        """The dataset's own item ids (index = internal id), or None where they are 1..N themselves."""
+        if not self.file(IDS).is_file():
+            return None
+        raw = self.read_json(IDS)
+        items = raw.get("items") if isinstance(raw, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise DiffrecError(f"{self.file(IDS)}: not an id map written by diffrec")
+        return items
+
     def read_json(self, name: str) -> dict[str, Any]:
         path = self.file(name)
         if not path.is_file():
             raise DiffrecError(f"{path} not found")
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DiffrecError(f"{path}: not valid JSON ({exc})") from None
+        except OSError as exc:
+            raise os_error(exc, path, "read") from None
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_text(self.file(name), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.file(name), json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
     def append_jsonl(self, name: str, obj: Any) -> None:
-        with self.file(name).open("a") as fh:
-            fh.write(json.dumps(obj, sort_keys=True) + "\n")
+        try:
+            with self.file(name).open("a") as fh:
+                fh.write(json.dumps(obj, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise os_error(exc, self.file(name), "write") from None
+
+    def open_data(self, config: RunConfig, override: str | None = None, warn: Any = None) -> SequenceData:
+        """The run's dataset, found from any working directory.
+
+        ``override`` (``--data``) wins; ``warn`` is called when its data differs from the
+        run's. Otherwise the resolved path recorded at training time, then the path as given
+        (relative to the current directory, then to each folder above the run), the first
+        whose data has the run's fingerprint.
+        """
+        from diffrec.data.source import open_dataset
+
+        record = self.dataset() if self.file(DATASET).is_file() else {}
+        fingerprint = record.get("fingerprint")
+        if override is not None:
+            data = open_dataset(dataclasses.replace(config.data, path=override))
+            if warn is not None and fingerprint is not None and data_fingerprint(data) != fingerprint:
+                warn("warning: the data differs from the run's training data")
+            return data
+        given = config.data.path
+        if given == "synthetic":
+            return open_dataset(config.data)
+        candidates = [pathlib.Path(record["resolved_path"])] if record.get("resolved_path") else []
+        candidates.append(pathlib.Path(given))
+        if not pathlib.Path(given).is_absolute():
+            candidates += [folder / given for folder in self.path.resolve().parents]
+        differs = []
+        for candidate in dict.fromkeys(candidates):
+            if not candidate.exists():
+                continue
+            data = open_dataset(dataclasses.replace(config.data, path=str(candidate)))
+            if fingerprint is None or data_fingerprint(data) == fingerprint:
+                return data
+            differs.append(str(candidate))
+        if differs:
+            raise DiffrecError(f"the data of {self.path} ({given}) was not found: {differs[0]} holds other data; pass --data PATH")
+        raise DiffrecError(f"the data of {self.path} ({given}) is not found from here or beside the run; pass --data PATH")
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return (shown + f" and {len(names) - limit} more" if len(names) > limit else shown) or "nothing readable"

@@ -8,6 +8,7 @@ from it is a named field. A run directory stores its config as TOML and
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +24,8 @@ from diffrec.errors import DiffrecError
 ATTENTION_MASKS = ("official", "key_padding", "causal")
 EVAL_PROTOCOLS = ("correct", "official")
 PRECISIONS = ("fp32", "bf16")
+#: how a data file's header row is treated: detected, present, or absent
+HEADERS = ("auto", "yes", "no")
 #: "prefix": every prefix of a user's training part is one example with one target (the public code);
 #: "sequence": one example per user, a target at every position (SASRec's, GRU4Rec's and STOSA's own training)
 TRAIN_EXAMPLES = ("prefix", "sequence")
@@ -63,6 +66,10 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        _check_finite(self, "model")
+        for key, value in self.options.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DiffrecError(f"option {key} must be a finite number, got {value}")
         if self.attention_mask not in ATTENTION_MASKS:
             raise DiffrecError(f"unknown attention mask {self.attention_mask!r}; valid choices: {', '.join(ATTENTION_MASKS)}")
         for name in ("hidden_size", "num_blocks", "num_heads", "max_len", "diffusion_steps"):
@@ -107,6 +114,7 @@ class TrainConfig:
     precision: str = "fp32"
 
     def validate(self) -> None:
+        _check_finite(self, "train")
         if self.precision not in PRECISIONS:
             raise DiffrecError(f"unknown precision {self.precision!r}; valid choices: {', '.join(PRECISIONS)}")
         if self.examples not in TRAIN_EXAMPLES:
@@ -116,6 +124,11 @@ class TrainConfig:
                 raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise DiffrecError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "num_threads"):
+            if getattr(self, name) < 0:
+                raise DiffrecError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_gamma <= 0:
+            raise DiffrecError(f"lr_gamma must be > 0, got {self.lr_gamma}")
 
 
 @dataclass
@@ -132,6 +145,7 @@ class EvalConfig:
     exclude_history: bool = False
 
     def validate(self) -> None:
+        _check_finite(self, "eval")
         if self.protocol not in EVAL_PROTOCOLS:
             raise DiffrecError(f"unknown evaluation protocol {self.protocol!r}; valid choices: {', '.join(EVAL_PROTOCOLS)}")
         if not self.ks or min(self.ks) < 1:
@@ -142,11 +156,42 @@ class EvalConfig:
 
 @dataclass
 class DataConfig:
+    """Where the data comes from and how its file is read (see ``diffrec list``, data formats)."""
+
     path: str = "synthetic"
+    #: a registered data format, or "auto" (chosen by the file's name and first bytes)
+    format: str = "auto"
+    #: field delimiter of a delimited log ("" = the format's own, or sniffed), e.g. "::" or ";"
+    delimiter: str = ""
+    #: user / item / timestamp column of a log: a header name or a 0-based position ("" = detected)
+    user_column: str = ""
+    item_column: str = ""
+    time_column: str = ""
+    #: whether a delimited log's first row names its columns: auto, yes or no
+    header: str = "auto"
+    #: k of the iterative k-core filter applied to logs (users and items with < k interactions go)
+    min_core: int = 5
+    #: fewest interactions a user needs to be kept (at least 3, for the leave-one-out split)
+    min_length: int = 3
+    #: for sequence files: drop users shorter than min_length instead of refusing the file
+    drop_short: bool = False
     #: options of the built-in synthetic data (used when path == "synthetic")
     synthetic_users: int = 2000
     synthetic_items: int = 500
     synthetic_seed: int = 0
+
+    def validate(self) -> None:
+        if self.header not in HEADERS:
+            raise DiffrecError(f"unknown header setting {self.header!r}; valid choices: {', '.join(HEADERS)}")
+        if self.min_core < 0:
+            raise DiffrecError(f"min_core must be >= 0, got {self.min_core}")
+        if self.min_length < 3:
+            raise DiffrecError(f"min_length must be >= 3 (a training item, a validation and a test target), got {self.min_length}")
+        for name in ("synthetic_users", "synthetic_items"):
+            if getattr(self, name) < 1:
+                raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if "\n" in self.delimiter or "\r" in self.delimiter:
+            raise DiffrecError("the delimiter cannot contain a line break")
 
 
 @dataclass
@@ -161,6 +206,7 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         self.eval.validate()
+        self.data.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,15 +231,15 @@ class RunConfig:
         return cls(**kwargs)
 
     def save(self, path: str | pathlib.Path) -> None:
-        path = pathlib.Path(path)
         import tomli_w  # only writing needs it: the library imports without it
 
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(tomli_w.dumps(self.to_dict()))
-        tmp.replace(path)
+        from diffrec.files import atomic_write
+
+        atomic_write(pathlib.Path(path), tomli_w.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> RunConfig:
+        """Read a config file; every error names the file."""
         path = pathlib.Path(path)
         if not path.is_file():
             raise DiffrecError(f"config file not found: {path}")
@@ -201,7 +247,20 @@ class RunConfig:
             raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise DiffrecError(f"{path}: not valid TOML ({exc})") from None
-        return cls.from_dict(raw)
+        except OSError as exc:
+            raise DiffrecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        try:
+            return cls.from_dict(raw)
+        except DiffrecError as exc:
+            raise DiffrecError(f"{path}: {exc}") from None
+
+
+def _check_finite(section: Any, name: str) -> None:
+    """Refuse NaN and infinite values in every float field of a config section."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DiffrecError(f"[{name}] {f.name} must be a finite number, got {value}")
 
 
 def _section(section_cls: type, value: Any, name: str) -> Any:

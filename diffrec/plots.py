@@ -63,14 +63,29 @@ def plot_runs(run_dirs: list[pathlib.Path], out: pathlib.Path, metrics: tuple[st
     return _save(fig, out)
 
 
+#: the PNG text chunk that marks a figure as diffrec's own (``plot --force`` replaces only those)
+PNG_SOFTWARE = "diffrec"
+
+
+def is_diffrec_png(path: pathlib.Path) -> bool:
+    """Whether ``path`` is a PNG that diffrec drew (its ``Software`` text chunk says so)."""
+    from diffrec.files import read_head
+
+    head = read_head(path, 4096)
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"tEXtSoftware\x00" + PNG_SOFTWARE.encode() in head
+
+
 def _save(fig, out: pathlib.Path) -> pathlib.Path:
     """Write the figure through a temporary file, so that ``out`` is never half-written."""
     import matplotlib.pyplot as plt
 
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    from diffrec.files import atomic_file
+
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=120, format="png", metadata={"Software": PNG_SOFTWARE})
+    finally:
+        plt.close(fig)
     return out
 
 

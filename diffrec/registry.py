@@ -1,7 +1,8 @@
 """One decorator-based registry for every interchangeable part.
 
 Each kind of part (``schedule``, ``approximator``, ``loss``, ``rounding``,
-``timestep_sampler``, ``reverse_sampler``, ``model``) has a :class:`Registry`.
+``timestep_sampler``, ``reverse_sampler``, ``model``, and the dataset file formats,
+``data_format``) has a :class:`Registry`.
 Adding a part is one file plus one decorator::
 
     from diffrec import register
@@ -25,8 +26,8 @@ from diffrec.errors import DiffrecError
 
 T = TypeVar("T")
 
-#: Names of the registries, in the order ``diffrec list`` prints them.
-KINDS = (
+#: The registries of model parts: each is a field of ``ModelConfig`` naming one entry.
+MODEL_KINDS = (
     "model",
     "schedule",
     "approximator",
@@ -35,6 +36,8 @@ KINDS = (
     "timestep_sampler",
     "reverse_sampler",
 )
+#: Names of every registry, in the order ``diffrec list`` prints them.
+KINDS = (*MODEL_KINDS, "data_format")
 
 
 class UnknownPartError(DiffrecError, KeyError):
@@ -151,6 +154,7 @@ _BUILTIN_MODULES = (
     "diffrec.rounding",
     "diffrec.samplers",
     "diffrec.models",
+    "diffrec.data.formats",
 )
 
 

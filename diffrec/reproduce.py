@@ -229,12 +229,15 @@ def _never_trained(run: ckpt.RunDir, finished: bool, run_dir: pathlib.Path, epoc
 
 def _previous_entries(path: pathlib.Path) -> dict[str, Any]:
     """Model entries of an earlier summary, so runs of other models and recipes stay in the table."""
-    if not path.is_file():
+    if not path.exists():
         return {}
     try:
-        models = json.loads(path.read_text()).get("models", {})
+        summary = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise DiffrecError(f"cannot read the earlier summary {path}: {err}") from err
+        raise DiffrecError(f"cannot read the earlier summary {path}: {err}") from None
+    models = summary.get("models") if isinstance(summary, dict) else None
+    if not isinstance(models, dict) or "dataset" not in summary:
+        raise DiffrecError(f"refusing to replace {path}: it is not a reproduction summary written by diffrec; move it away or pick another --out")
     return {k: v for k, v in models.items() if isinstance(v, dict) and "recipe" in v and "runs" in v}
 
 
@@ -321,6 +324,7 @@ def reproduce(
     data_path = data_root / dataset
     for name in models:  # unknown presets and recipes a preset cannot train are refused before any training
         preset_config(name, dataset, recipe, seeds[0] if seeds else 0, str(data_path))
+    _previous_entries(out_dir / f"{dataset}.json")  # so is a file in the summary's place that diffrec did not write
     data = load_dataset(data_path)
     started = time.perf_counter()
     summary: dict[str, Any] = {

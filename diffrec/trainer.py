@@ -5,11 +5,20 @@ a new best model whenever any validation metric improves, stop after
 ``patience`` validations without improvement, then test the best model.
 Checkpoints are written atomically after every epoch so that ``resume``
 continues an interrupted run exactly where it stopped.
+
+Nothing is lost on the way. A run is written into a new or empty directory; an
+existing directory is replaced only with ``force`` and only when it is a diffrec run
+holding nothing but run files. The replacement trains in a hidden sibling
+(``.NAME.diffrec-new``) and takes the old run's place only when it has finished, so a
+replacement that fails, diverges or is interrupted leaves the old run as it was (an
+interrupted one continues with ``resume``). A resume checks everything, weights and
+checksums included, before it writes anything.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import random
 import shutil
@@ -27,6 +36,7 @@ from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
 from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
 from diffrec.evaluation import evaluate
+from diffrec.files import make_dirs, remove_created, temp_sibling
 from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
 from diffrec.registry import load_builtin_parts, load_plugin, registry
@@ -94,6 +104,7 @@ class Trainer:
         data_path: str = "",
         show_progress: bool = True,
         on_epoch: EpochCallback | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config.validate()
         self.data = data
@@ -101,6 +112,7 @@ class Trainer:
         self.data_path = data_path
         self.show_progress = show_progress
         self.on_epoch = on_epoch
+        self.log = log or (lambda line: None)
         self.device = select_device(config.train.device)
         if config.train.num_threads > 0:
             torch.set_num_threads(config.train.num_threads)
@@ -146,47 +158,50 @@ class Trainer:
         self.rng.bit_generator.state = raw.pop("numpy_rng")
         self.state = TrainState(**raw)
 
-    def _prepare_dir(self, resume: bool, force: bool) -> None:
-        if resume:
-            if not self.run.is_run():
-                raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
-            if not self.run.file(ckpt.LAST).is_file():
-                raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
-            saved = self.run.config()
-            if _without_budget(saved) != _without_budget(self.config):
+    def _prepare_resume(self) -> None:
+        """Check that the run in ``self.run`` can continue with this config, then restore it.
+
+        Everything is read and checked (config, data, weights and their checksums) before
+        the one write a resume may make: the config, when it grows the budget.
+        """
+        if not self.run.is_run():
+            raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
+        if not self.run.file(ckpt.LAST).is_file():
+            raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
+        saved = self.run.config()
+        if _without_budget(saved) != _without_budget(self.config):
+            raise DiffrecError(
+                f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
+                "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
+            )
+        state = self.run.read_json(ckpt.STATE)
+        done = int(state.get("epoch", 0))
+        old, new = saved.train, self.config.train
+        if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
+            raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
+        if new.patience != old.patience:
+            if new.patience < old.patience or state.get("stopped_early"):
                 raise DiffrecError(
-                    f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
-                    "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
+                    f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early"
                 )
-            state = self.run.read_json(ckpt.STATE)
-            done = int(state.get("epoch", 0))
-            old, new = saved.train, self.config.train
-            if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
-                raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
-            if new.patience != old.patience:
-                if new.patience < old.patience or state.get("stopped_early"):
-                    raise DiffrecError(
-                        f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early"
-                    )
-            if any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience")):
-                self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget, a later LR decay or more patience for the same run
-            recorded = self.run.dataset()
-            if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
-                raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
-            self._restore_last()
-            return
-        contents = [p for p in self.run.path.iterdir() if p.name != ckpt.LOCK]  # the directory exists: fit() holds its lock
-        if contents:
-            if not force:
-                raise DiffrecError(f"output directory {self.run.path} exists and is not empty (use --force to overwrite or --resume to continue)")
-            for path in contents:  # everything but the lock this process holds
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+        recorded = self.run.dataset()
+        if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
+            raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
+        self._restore_last()
+        if any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience")):
+            self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget, a later LR decay or more patience for the same run
+
+    def _start(self) -> None:
+        """Write the config, the data record and the id map of a new run."""
         self.config.save(self.run.file(ckpt.CONFIG))
         self.run.write_json(ckpt.DATASET, ckpt.dataset_record(self.data, self.data_path))
+        if self.data.item_ids is not None and any(self.data.item_ids[i] != str(i) for i in range(1, self.data.num_items + 1)):
+            self.run.write_json(ckpt.IDS, {"items": self.data.item_ids})
 
+    def _remove_run_files(self) -> None:
+        """Delete what this run wrote (never anything else) after it diverged."""
+        for name in ckpt.RUN_FILES - {ckpt.LOCK}:
+            self.run.file(name).unlink(missing_ok=True)
     # ---------------------------------------------------------------- loop
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         t = self.config.train
@@ -221,19 +236,64 @@ class Trainer:
         ).metrics
 
     def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-        created = not self.run.exists()
+        """Train (or ``resume``) the run and test its best model; see the module docstring."""
+        target = self.run.path
+        created = make_dirs(target)
         try:
-            with ckpt.exclusive(self.run.path):
-                self._prepare_dir(resume, force)
+            with ckpt.exclusive(target):
+                return self._fit_in(target, resume=resume, force=force)
+        except BaseException:
+            remove_created(created)  # only folders this call made, and only when empty
+            raise
+
+    def _fit_in(self, target: pathlib.Path, *, resume: bool, force: bool) -> dict[str, Any]:
+        stage = staging_dir(target)
+        if resume:
+            if stage.is_dir() and (stage / ckpt.LAST).is_file():
+                self.log(f"resuming the replacement of {target} begun with --force (in {stage.name})")
+                return self._fit_staged(stage, target, resume=True)
+            self._prepare_resume()
+            return self._fit()
+        if not ckpt.RunDir(target).entries():
+            self._start()
+            try:
                 return self._fit()
-        except TrainingDivergedError:
-            if not resume:  # a fresh run that diverged leaves nothing half-written behind
-                shutil.rmtree(self.run.path, ignore_errors=True)
-            raise
-        except DiffrecError:
-            if created and self.run.exists() and not any(self.run.path.iterdir()):
-                self.run.path.rmdir()  # refused before anything was written
-            raise
+            except TrainingDivergedError:
+                self._remove_run_files()
+                raise
+        if not force:
+            raise DiffrecError(f"output directory {target} exists and is not empty (use --force to replace the run in it, or --resume to continue it)")
+        ckpt.RunDir(target).check_replaceable()
+        if os.path.lexists(stage):
+            ckpt.RunDir(stage).check_replaceable()
+            with ckpt.exclusive(stage):
+                pass  # refuses while another process is writing that replacement
+            shutil.rmtree(stage)
+        return self._fit_staged(stage, target, resume=False)
+
+    def _fit_staged(self, stage: pathlib.Path, target: pathlib.Path, *, resume: bool) -> dict[str, Any]:
+        """Train the replacement of ``target`` in ``stage``; swap them only once it has finished."""
+        if not resume:
+            make_dirs(stage)
+        with ckpt.exclusive(stage):
+            self.run = ckpt.RunDir(stage)
+            try:
+                if resume:
+                    self._prepare_resume()
+                else:
+                    self._start()
+                final = self._fit()
+            except BaseException as exc:
+                if isinstance(exc, DiffrecError) or not (stage / ckpt.LAST).is_file():
+                    shutil.rmtree(stage, ignore_errors=True)  # nothing to resume: the old run stays as it was
+                self.run = ckpt.RunDir(target)
+                raise
+            old = temp_sibling(target, "old")
+            os.rename(target, old)
+            os.rename(stage, target)
+            shutil.rmtree(old, ignore_errors=True)
+            self.run = ckpt.RunDir(target)
+            return final
 
     def _fit(self) -> dict[str, Any]:
         t = self.config.train
@@ -302,6 +362,11 @@ class Trainer:
         return final
 
 
+def staging_dir(target: pathlib.Path) -> pathlib.Path:
+    """Where a ``--force`` replacement of ``target`` trains until it takes its place."""
+    return target.with_name(f".{target.name}.diffrec-new")
+
+
 def step_lr(train: TrainConfig, epoch: int) -> float:
     """StepLR: the base rate times gamma for every lr_step epochs completed (0-based epoch)."""
     return train.lr * train.lr_gamma ** (epoch // train.lr_step)
@@ -324,6 +389,8 @@ def _without_budget(config: RunConfig) -> dict[str, Any]:
 def load_run_model(run_dir: str | pathlib.Path, device: torch.device) -> tuple[RunConfig, Recommender, dict[str, Any]]:
     """The best model of a finished (or running) run directory."""
     run = ckpt.RunDir(run_dir)
+    if not run.path.is_dir():
+        raise DiffrecError(f"{run.path} is not a run directory" if run.path.exists() else f"run directory not found: {run.path}")
     config = run.config()
     record = run.dataset()
     model = build_model(config, int(record["num_items"])).to(device)

@@ -458,11 +458,11 @@ def test_missing_empty_and_unknown_files(tmp_path):
     (tmp_path / "empty.pkl").write_bytes(b"")
     with pytest.raises(DataError, match="empty"):
         load_dataset(tmp_path / "empty.pkl")
-    write(tmp_path / "data.json", "{}")
-    with pytest.raises(DataError, match=r"unknown dataset file type '\.json'; supported: sequences \(\.txt\).*inter \(\.inter\)"):
-        load_dataset(tmp_path / "data.json")
+    write(tmp_path / "data.xml", "<a/>")
+    with pytest.raises(DataError, match=r"unknown dataset file type '\.xml'; supported: sequences \(\.txt\).*inter \(\.inter\)"):
+        load_dataset(tmp_path / "data.xml")
     with pytest.raises(DataError, match="unknown format 'xml'"):
-        load_dataset(tmp_path / "data.json", fmt="xml")
+        load_dataset(tmp_path / "data.xml", fmt="xml")
 
 
 def test_explicit_format_overrides_suffix(tmp_path):

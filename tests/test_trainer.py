@@ -94,8 +94,10 @@ def test_existing_output_is_not_clobbered(tmp_path, small_data):
     with pytest.raises(DiffrecError, match="exists and is not empty"):
         Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit()
     assert (run / "precious.txt").read_text() == "keep"
-    Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit(force=True)
-    assert not (run / "precious.txt").exists()
+    with pytest.raises(DiffrecError, match="not a diffrec run .*precious.txt"):  # --force replaces diffrec's own runs only
+        Trainer(tiny_config(epochs=1), small_data, run, show_progress=False).fit(force=True)
+    assert sorted(p.name for p in run.iterdir()) == ["precious.txt"] and (run / "precious.txt").read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"], "no staging folder left behind"
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path, small_data):

@@ -2,7 +2,7 @@
 
 from diffrec.data.batching import Batch, EvalInputs, TrainExamples, history_batch
 from diffrec.data.dataset import SequenceData
-from diffrec.data.loaders import load_dataset
+from diffrec.data.formats import load_dataset
 from diffrec.data.safe_pickle import safe_load
 from diffrec.data.source import SYNTHETIC, open_dataset
 from diffrec.data.synthetic import make_synthetic

@@ -64,13 +64,15 @@ class SequenceData:
         return sum(len(s) for s in self.sequences)
 
     def stats(self) -> dict[str, float]:
+        """Sizes; sparsity counts distinct (user, item) pairs, so repeated items never make it negative."""
         users, items, actions = self.num_users, self.num_items, self.num_actions
+        pairs = sum(len(set(s)) for s in self.sequences)
         return {
             "users": users,
             "items": items,
             "actions": actions,
             "avg_length": actions / users,
-            "sparsity": 1.0 - actions / (users * items),
+            "sparsity": 1.0 - pairs / (users * items),
             "train_examples": sum(len(s) - 3 for s in self.sequences),
         }
 

@@ -23,10 +23,19 @@ from diffrec.data.dataset import MIN_SEQUENCE_LENGTH, SequenceData
 from diffrec.errors import DataError
 
 
-def _codes(values: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes 0..K-1 for ``values`` and the distinct values (sorted) they stand for."""
-    uniques, codes = np.unique(np.asarray(values), return_inverse=True)
-    return codes.reshape(-1).astype(np.int64, copy=False), uniques
+def _codes(values: Sequence | np.ndarray) -> tuple[np.ndarray, list]:
+    """Integer codes 0..K-1 for ``values`` and the distinct values they stand for.
+
+    Numeric arrays are coded in sorted order; anything else (strings, mixed objects) in
+    order of first appearance through a dict, never through a fixed-width NumPy string
+    array, whose size is rows times the longest value (a single long id would blow it up).
+    """
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        uniques, codes = np.unique(values, return_inverse=True)
+        return codes.reshape(-1).astype(np.int64, copy=False), uniques.tolist()
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
+    return codes, list(index)
 
 
 def kcore_filter(
@@ -93,16 +102,16 @@ def to_sequences(
     the items sorted by timestamp with a stable sort (ties, and a missing ``timestamps``,
     keep the row order).
     """
-    items = np.asarray(items)
     n = len(users)
     if len(items) != n or (timestamps is not None and len(timestamps) != n):
         raise DataError("to_sequences: users, items and timestamps must have the same length")
     if n == 0:
         return [], []
+    items = np.asarray(items) if isinstance(items, np.ndarray) else np.array(items, dtype=object)
     user_codes, uniq_users = _codes(users)
     order, bounds, users_by_first_row = _chronological_order(user_codes, timestamps)
     sequences = [chunk.tolist() for chunk in np.split(items[order], bounds)]
-    return uniq_users[users_by_first_row].tolist(), sequences
+    return [uniq_users[u] for u in users_by_first_row.tolist()], sequences
 
 
 def log_to_sequence_data(
@@ -111,41 +120,67 @@ def log_to_sequence_data(
     timestamps: Sequence | np.ndarray | None,
     *,
     k: int = 5,
+    min_length: int = MIN_SEQUENCE_LENGTH,
     name: str = "dataset",
     source: str = "",
     meta: dict | None = None,
 ) -> SequenceData:
     """Run the whole log pipeline (k-core, chronological order, re-indexing).
 
-    Users are kept only with at least ``max(k, 3)`` interactions, so every sequence
-    supports the leave-one-out split; the item threshold is ``k``.
+    Users are kept only with at least ``max(k, min_length)`` interactions (``min_length`` is
+    at least 3, so every sequence supports the leave-one-out split); the item threshold is ``k``.
     """
+    if len(users) != len(items) or (timestamps is not None and len(timestamps) != len(users)):
+        raise DataError(f"{name}: users, items and timestamps must have the same length")
+    user_codes, user_labels = _codes(users)
+    item_codes, item_labels = _codes(items)
+    stamps = None if timestamps is None else np.asarray(timestamps, dtype=np.float64)
+    return coded_log_to_sequence_data(
+        user_codes, user_labels, item_codes, item_labels, stamps, k=k, min_length=min_length, name=name, source=source, meta=meta
+    )
+
+
+def coded_log_to_sequence_data(
+    user_codes: np.ndarray,
+    user_labels: list,
+    item_codes: np.ndarray,
+    item_labels: list,
+    timestamps: np.ndarray | None,
+    *,
+    k: int = 5,
+    min_length: int = MIN_SEQUENCE_LENGTH,
+    name: str = "dataset",
+    source: str = "",
+    meta: dict | None = None,
+) -> SequenceData:
+    """:func:`log_to_sequence_data` on a log whose users and items are already integer codes
+    (``user_labels[c]`` is the id of code ``c``), as the streaming loaders build it."""
     if k < 0:
         raise DataError(f"{name}: k-core threshold must be >= 0, got {k}")
-    n_rows = len(users)
-    keep = kcore_filter(users, items, k, user_k=max(k, MIN_SEQUENCE_LENGTH))
-    users = np.asarray(users)[keep]
-    items = np.asarray(items)[keep]
+    min_length = max(min_length, MIN_SEQUENCE_LENGTH)
+    n_rows = len(user_codes)
+    keep = kcore_filter(user_codes, item_codes, k, user_k=max(k, min_length))
+    user_codes, item_codes = user_codes[keep], item_codes[keep]
     if timestamps is not None:
-        timestamps = np.asarray(timestamps)[keep]
-    if len(users) == 0:
+        timestamps = timestamps[keep]
+    if len(user_codes) == 0:
         where = f"{source}: " if source else f"{name}: "
         raise DataError(
             f"{where}no interactions left after {k}-core filtering ({n_rows} rows; "
-            f"every user needs >= {max(k, MIN_SEQUENCE_LENGTH)} and every item >= {k} interactions)"
+            f"every user needs >= {max(k, min_length)} and every item >= {k} interactions)"
         )
-    user_codes, uniq_users = _codes(users)
-    item_codes, uniq_items = _codes(items)
+    user_codes, kept_users = _compact(user_codes)
+    item_codes, kept_items = _compact(item_codes)
     order, bounds, users_by_first_row = _chronological_order(user_codes, timestamps)
     flat = item_codes[order]
     _, first_seen = np.unique(flat, return_index=True)
     by_first_seen = np.argsort(first_seen, kind="stable")
-    new_id = np.empty(len(uniq_items), dtype=np.int64)
-    new_id[by_first_seen] = np.arange(1, len(uniq_items) + 1)
+    new_id = np.empty(len(kept_items), dtype=np.int64)
+    new_id[by_first_seen] = np.arange(1, len(kept_items) + 1)
     sequences = [chunk.tolist() for chunk in np.split(new_id[flat], bounds)]
     info = {
         "rows": n_rows,
-        "rows_kept": int(len(users)),
+        "rows_kept": int(len(user_codes)),
         "kcore": k,
         "item_order": "first appearance",
     }
@@ -153,10 +188,16 @@ def log_to_sequence_data(
         info.update(meta)
     return SequenceData(
         sequences=sequences,
-        num_items=len(uniq_items),
+        num_items=len(kept_items),
         name=name,
-        user_ids=[str(u) for u in uniq_users[users_by_first_row].tolist()],
-        item_ids=[""] + [str(i) for i in uniq_items[by_first_seen].tolist()],
+        user_ids=[str(user_labels[kept_users[u]]) for u in users_by_first_row.tolist()],
+        item_ids=[""] + [str(item_labels[kept_items[i]]) for i in by_first_seen.tolist()],
         source=source,
         meta=info,
     )
+
+
+def _compact(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the codes that are left 0..K-1; return them and the old code of each new one."""
+    kept, compact = np.unique(codes, return_inverse=True)
+    return compact.reshape(-1).astype(np.int64, copy=False), kept

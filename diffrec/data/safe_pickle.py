@@ -19,6 +19,14 @@ from any protocol.
 
 The scan matters for the ``EXT`` opcodes: the C unpickler serves extension codes
 already in ``copyreg``'s cache without calling ``find_class``.
+
+Plain data can still attack memory: a pickle may store one list once and reference it
+from its memo a million times, a few bytes per reference, so that code which copies the
+references (``train[u] + val[u]``) builds gigabytes from a kilobyte file. After loading,
+:func:`check_size` walks the result without recursion and counts every element each
+time it is reached (shared references included), refusing it once the count passes a
+budget that a file of that size can honestly hold (:func:`element_budget`), or when it
+nests deeper than :data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ _STRING_OPCODES = frozenset(
 _PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _GET_OPCODES = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _NO_PUSH_OPCODES = frozenset({"PROTO", "FRAME", "STOP", "POP", "POP_MARK", "MEMOIZE"}) | _PUT_OPCODES
+
+#: Deepest nesting of containers accepted (a dataset needs four: dict, dict, list, item).
+MAX_DEPTH = 64
 
 _ALLOWED = "only dicts, lists, tuples, sets, numbers, strings, bytes, booleans and None are allowed"
 
@@ -140,13 +151,55 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def safe_load(path_or_file: str | os.PathLike[str] | BinaryIO) -> Any:
+_WALKED = (str, bytes, bytearray, list, tuple, set, frozenset, dict)
+
+
+def element_budget(num_bytes: int) -> int:
+    """Element uses a pickle of ``num_bytes`` may expand to: each element (or 8 characters
+    of a string) costs at least one byte of an honest pickle, so four per byte is generous."""
+    return 4 * num_bytes + 4096
+
+
+def check_size(obj: Any, budget: int, label: str = "<pickle>", max_depth: int = MAX_DEPTH) -> int:
+    """Count the elements of ``obj`` as code walking it would meet them; return the count.
+
+    Raises :class:`DataError` when the count passes ``budget`` or containers nest deeper
+    than ``max_depth``. The walk is iterative and stops at the budget, so it costs at
+    most ``budget`` steps whatever the pickle holds.
+    """
+    used = 1
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (str, bytes, bytearray)):
+            used += len(value) // 8
+        elif isinstance(value, (list, tuple, set, frozenset, dict)):
+            if depth >= max_depth:
+                raise DataError(f"{label}: refused pickle: containers nest deeper than {max_depth} levels")
+            size = 2 * len(value) if isinstance(value, dict) else len(value)
+            used += size
+            if used > budget:
+                break
+            children = [x for kv in value.items() for x in kv] if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, _WALKED))
+        if used > budget:
+            break
+    if used > budget:
+        raise DataError(
+            f"{label}: refused pickle: it expands to more than {budget:,} elements, more than a file of its size "
+            "can hold without shared references (a memo-amplification attack, or not a dataset)"
+        )
+    return used
+
+
+def safe_load(path_or_file: str | os.PathLike[str] | BinaryIO, *, budget: int | None = None) -> Any:
     """Unpickle plain data from a path or an open binary file, refusing any code.
 
     The file (or the rest of the stream) must hold exactly one pickle. Raises
     :class:`UnsafePickleError` when the pickle asks for a global, an extension code or
     a persistent id, and :class:`DataError` when the file is missing, empty, truncated,
-    corrupt or has bytes after the end of the pickle.
+    corrupt, has bytes after the end of the pickle, or expands past ``budget`` element
+    uses (default :func:`element_budget` of the file's size; see :func:`check_size`).
     """
     if isinstance(path_or_file, (str, os.PathLike)):
         label = os.fspath(path_or_file)
@@ -168,10 +221,12 @@ def safe_load(path_or_file: str | os.PathLike[str] | BinaryIO) -> Any:
     if end != len(data):
         raise DataError(f"{label}: corrupt pickle: {len(data) - end} unexpected bytes after the end of the pickle")
     try:
-        return RestrictedUnpickler(io.BytesIO(data), label=label).load()
+        obj = RestrictedUnpickler(io.BytesIO(data), label=label).load()
     except UnsafePickleError:
         raise
     except RecursionError:
         raise DataError(f"{label}: corrupt pickle: nesting too deep") from None
     except _CORRUPT_ERRORS as exc:
         raise DataError(f"{label}: truncated or corrupt pickle ({_first_line(exc)})") from None
+    check_size(obj, element_budget(len(data)) if budget is None else budget, label)
+    return obj

@@ -1,0 +1,166 @@
+"""``diffrec reproduce``, ``diffrec plot`` and ``diffrec bench``: results, figures, microbenchmarks."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Optional
+
+import typer
+
+from diffrec.cli.common import app, bench_app, console, handle_errors
+from diffrec.errors import DiffrecError
+from diffrec.registry import load_builtin_parts, registry
+
+
+@app.command()
+@handle_errors
+def reproduce(
+    dataset: str = typer.Option(..., help="beauty, toys or ml-1m."),
+    models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
+    seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
+    seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds). Seeds accumulate in the table across invocations."),
+    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options), long (fast with 27 epochs before the decay), fast-2x (fast at learning rate 2e-3 after a 500-step warm-up), fast-b1024 (fast at the paper's batch of 1024) or sequence (SASRec's training: a target at every position; sasrec, gru4rec, stosa, and bert4rec's cloze over the whole window)."),
+    data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
+    out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),
+    eval_every: Optional[int] = typer.Option(None, help="Override the recipe's validation interval (epochs)."),
+    patience: Optional[int] = typer.Option(None, help="Override the recipe's patience (validations)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
+    table_only: bool = typer.Option(False, "--table-only", help="Print the table of OUT/<dataset>.json and exit (trains nothing)."),
+    reference: Optional[str] = typer.Option(None, help="Table entry the printed t-tests compare against, e.g. diffurec@fast (default: DiffuRec of each entry's recipe)."),
+) -> None:
+    """Train every model preset over seeds on a shipped dataset and tabulate against the paper."""
+    from diffrec import reproduce as rep
+
+    if list_presets:
+        for name, preset in rep.PRESETS.items():
+            console.print(f"{name:18s} {preset.description}", highlight=False)
+        return
+    if table_only:
+        path = out / f"{dataset}.json"
+        if not path.is_file():
+            raise DiffrecError(f"{path} not found (run the reproduction first)")
+        try:
+            summary = json.loads(path.read_text())
+            table = rep.markdown_table(summary, reference)
+        except (ValueError, KeyError, TypeError) as err:
+            raise DiffrecError(f"{path} is not a reproduction summary ({err})") from None
+        print(table)
+        return
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    for name in names:
+        if name not in rep.PRESETS:
+            raise DiffrecError(f"unknown model preset {name!r}; valid choices: {', '.join(rep.PRESETS)}")
+    if seeds < 1:
+        raise DiffrecError("--seeds must be >= 1")
+    seed_list = sorted(set(seed)) if seed else [1997 + i for i in range(seeds)]
+    if not (data_root / dataset).exists():
+        raise DiffrecError(f"dataset folder not found: {data_root / dataset}")
+    load_builtin_parts()
+    for name in names:
+        registry("model").get(rep.PRESETS[name].model)
+    if reference is not None:  # checked before training, not after
+        earlier = out / f"{dataset}.json"
+        known = {rep.entry_key(name, recipe) for name in names}
+        if earlier.is_file():
+            try:
+                known |= set(json.loads(earlier.read_text()).get("models", {}))
+            except (OSError, ValueError, AttributeError):
+                pass  # reproduce() reports an unreadable summary
+        if reference not in known:
+            raise DiffrecError(f"--reference {reference!r} is neither in {earlier} nor trained by this command; valid choices: {', '.join(sorted(known))}")
+
+    train_overrides = {
+        "epochs": epochs,
+        "eval_every": eval_every,
+        "patience": patience,
+        "device": device,
+        "num_threads": threads,
+        "precision": precision,
+    }
+
+    def apply(config) -> None:
+        for key, value in train_overrides.items():
+            if value is not None:
+                setattr(config.train, key, value)
+
+    summary = rep.reproduce(
+        dataset,
+        models=names,
+        seeds=seed_list,
+        data_root=data_root,
+        out_dir=out,
+        recipe=recipe,
+        overrides=apply,
+        show_progress=not quiet and console.is_terminal,
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
+    print(rep.markdown_table(summary, reference))
+    console.print(f"summary written to {out / (dataset + '.json')}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def plot(
+    run: list[pathlib.Path] = typer.Option([], "--run", help="A run directory; repeat to overlay several runs."),
+    summary: Optional[pathlib.Path] = typer.Option(None, "--summary", help="A reproduction summary (benchmarks/results/<dataset>.json) to plot instead of runs."),
+    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary: beside it, <dataset>.png)."),
+    force: bool = typer.Option(False, "--force", help="Replace the PNG (only one that diffrec drew)."),
+) -> None:
+    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid,
+    or a reproduction summary's test HR@10/NDCG@10 per model against the paper's."""
+    from diffrec.files import check_overwrite
+    from diffrec.plots import is_diffrec_png, plot_runs, plot_summary
+
+    if bool(run) == (summary is not None):
+        raise DiffrecError("give either --run (one or more) or --summary")
+    if summary is not None:
+        if not summary.is_file():
+            raise DiffrecError(f"summary not found: {summary}")
+        try:
+            data = json.loads(summary.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DiffrecError(f"{summary} is not JSON ({err})") from None
+        target = out or summary.with_suffix(".png")
+    else:
+        if out is None and len(run) > 1:
+            raise DiffrecError("--out is required when plotting several runs")
+        target = out or run[0] / "curves.png"
+    check_overwrite(target, force, is_diffrec_png, "plot")
+    written = plot_summary(data, target) if summary is not None else plot_runs(run, target)
+    console.print(f"wrote {written}", highlight=False)
+
+
+@bench_app.command("kernels")
+@handle_errors
+def bench_kernels(
+    op: list[str] = typer.Option([], "--op", help="Ops to run (repeatable): noise_inject, inner_product_topk, linear_cross_entropy; default all."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    quick: bool = typer.Option(False, "--quick", help="One or two sizes per op, fewer repetitions."),
+    output_json: Optional[pathlib.Path] = typer.Option(None, "--json", help="Also write the rows as JSON."),
+) -> None:
+    """Median time, peak memory, GB/s and TFLOP/s of the fused kernels against unfused PyTorch (and faiss on CPU)."""
+    import torch
+
+    from diffrec.kernels.bench import OPS, print_table, run_benchmarks
+
+    unknown = [o for o in op if o not in OPS]
+    if unknown:
+        raise DiffrecError(f"unknown op {unknown[0]!r}; valid choices: {', '.join(OPS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DiffrecError("device 'cuda' was requested but CUDA is not available")
+    if output_json is not None and output_json.exists():
+        raise DiffrecError(f"{output_json} exists; choose another path")
+    rows = run_benchmarks(list(op) or list(OPS), device, quick)
+    print_table(rows, console)
+    if output_json is not None:
+        from diffrec.files import atomic_write
+
+        atomic_write(output_json, json.dumps(rows, indent=2) + "\n")
