@@ -244,16 +244,6 @@ def _load_checkpoint(checkpoint: pathlib.Path, device: str):
     return cfg, model, record, dev
 
 
-def is_topk_file(path: pathlib.Path) -> bool:
-    """Whether ``path`` is a top-K list that ``evaluate --save-topk`` wrote."""
-    from diffrec.files import read_head
-
-    return read_head(path, 16).startswith(TOPK_HEADER.encode())
-
-
-TOPK_HEADER = "user\titems\n"
-
-
 @app.command()
 @handle_errors
 def evaluate(
@@ -271,6 +261,7 @@ def evaluate(
 ) -> None:
     """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists."""
     from diffrec.checkpoint import RunDir
+    from diffrec.evaluation import TOPK_HEADER, is_topk_file
     from diffrec.evaluation import evaluate as run_eval
     from diffrec.files import atomic_file, check_overwrite
 

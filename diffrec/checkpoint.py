@@ -48,8 +48,8 @@ EPOCHS = "metrics.jsonl"
 FINAL = "metrics.json"
 IDS = "ids.json"
 LOCK = ".lock"
-#: what diffrec writes into a run directory (``diffrec plot`` draws RUN/curves.png by default)
-RUN_FILES = frozenset({CONFIG, DATASET, BEST, LAST, STATE, EPOCHS, FINAL, IDS, LOCK, "curves.png"})
+#: what diffrec writes into a run directory (besides top-K lists and plots, recognised by their content)
+RUN_FILES = frozenset({CONFIG, DATASET, BEST, LAST, STATE, EPOCHS, FINAL, IDS, LOCK})
 #: metadata key of the tensors' SHA-256 in every tensor file diffrec writes
 CHECKSUM = "diffrec.sha256"
 
@@ -242,8 +242,17 @@ class RunDir:
             raise os_error(exc, self.path, "read") from None
 
     def foreign_entries(self) -> list[str]:
-        """Entries diffrec never writes into a run (a sub-folder is always foreign)."""
-        return [name for name in self.entries() if name not in RUN_FILES or self.file(name).is_dir()]
+        """Entries that diffrec did not write: not a run file, a top-K list or a plot of its own
+        (``evaluate --save-topk RUN/top.tsv``, ``plot``); a sub-folder is always foreign."""
+        from diffrec.evaluation import is_topk_file
+        from diffrec.plots import is_diffrec_png
+
+        def own(path: pathlib.Path) -> bool:
+            if path.is_symlink() or not path.is_file():
+                return False
+            return path.name in RUN_FILES or is_topk_file(path) or is_diffrec_png(path)
+
+        return [name for name in self.entries() if not own(self.file(name))]
 
     def check_replaceable(self) -> None:
         """Raise unless the directory is recognisably a diffrec run holding only run files."""

@@ -23,6 +23,17 @@ from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
 
 
+#: first line of every top-K list that ``diffrec evaluate --save-topk`` writes
+TOPK_HEADER = "user\titems\n"
+
+
+def is_topk_file(path) -> bool:
+    """Whether ``path`` is a top-K list that ``evaluate --save-topk`` wrote."""
+    from diffrec.files import read_head
+
+    return read_head(path, len(TOPK_HEADER)) == TOPK_HEADER.encode()
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]  # percent

@@ -104,6 +104,7 @@ def test_failed_force_leaves_the_old_run_byte_identical(tmp_path, finished_run, 
 def test_force_replaces_a_run_once_the_new_one_has_finished(tmp_path, finished_run):
     run = copy_run(finished_run, tmp_path)
     old = json.loads((run / "metrics.json").read_text())
+    assert diffrec("evaluate", "--checkpoint", run, "--save-topk", run / "top.tsv", "-k", "3").returncode == 0  # diffrec's own, replaceable
     proc = diffrec("train", "--out", run, "--force", *TINY, "--seed", "7")
     assert proc.returncode == 0, proc.stderr
     new = json.loads((run / "metrics.json").read_text())

@@ -20,7 +20,9 @@ from any protocol.
 The scan matters for the ``EXT`` opcodes: the C unpickler serves extension codes
 already in ``copyreg``'s cache without calling ``find_class``.
 
-Plain data can still attack memory: a pickle may store one list once and reference it
+Plain data can still attack memory. The scan refuses a memo index larger than the file (the C
+unpickler allocates its memo up to the largest index: six bytes could ask for gigabytes). And a
+pickle may store one list once and reference it
 from its memo a million times, a few bytes per reference, so that code which copies the
 references (``train[u] + val[u]``) builds gigabytes from a kilobyte file. After loading,
 :func:`check_size` walks the result without recursion and counts every element each
@@ -117,6 +119,8 @@ def check_opcodes(data: bytes, label: str = "<pickle>") -> int:
             if name not in SAFE_OPCODES:
                 raise UnsafePickleError(f"{label}: refused unsafe pickle: {_describe(name, arg, pushed)} ({_ALLOWED})")
             if name in _PUT_OPCODES:
+                if not 0 <= arg <= len(data):  # the C unpickler sizes its memo array by the largest index
+                    raise DataError(f"{label}: refused pickle: memo index {arg} is beyond what a file of {len(data)} bytes can use")
                 memo[arg] = pushed[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = pushed[-1]
@@ -124,7 +128,7 @@ def check_opcodes(data: bytes, label: str = "<pickle>") -> int:
                 value = arg if name in _STRING_OPCODES else memo.get(arg) if name in _GET_OPCODES else None
                 pushed = [pushed[-1], value]
             end = pos + 1
-    except UnsafePickleError:
+    except DataError:
         raise
     except _CORRUPT_ERRORS as exc:
         raise DataError(f"{label}: truncated or corrupt pickle ({_first_line(exc)})") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import pathlib
+import warnings
 from typing import Any, ClassVar
 
 from diffrec.config import DataConfig
@@ -42,7 +43,7 @@ def parse_record(file: pathlib.Path, lineno: int, line: str) -> dict[str, Any]:
         record = json.loads(line)
     except (ValueError, RecursionError):
         try:
-            record = ast.literal_eval(line)
+            record = _literal(line)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise DataError(f"{file}:{lineno}: neither a JSON object nor a Python dict literal") from None
     if not isinstance(record, dict):
@@ -50,9 +51,16 @@ def parse_record(file: pathlib.Path, lineno: int, line: str) -> dict[str, Any]:
     return record
 
 
+def _literal(text: str) -> Any:
+    """``ast.literal_eval`` (which evaluates no code) without the parser's warnings on odd input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.literal_eval(text)
+
+
 def _first_record(head: bytes) -> dict[str, Any] | None:
     line = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
-    for parse in (json.loads, ast.literal_eval):
+    for parse in (json.loads, _literal):
         try:
             record = parse(line)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
