@@ -15,7 +15,7 @@ from typing import Any
 
 from diffrec.config import DataConfig
 from diffrec.data.dataset import SequenceData
-from diffrec.data.formats.base import DataFormat, check_int_id, finish_sequences, short, short_user_error
+from diffrec.data.formats.base import DataFormat, UserSequences, check_int_id, short
 from diffrec.data.safe_pickle import safe_load
 from diffrec.errors import DataError
 from diffrec.registry import register
@@ -54,9 +54,7 @@ class AuthorsPickleFormat(DataFormat):
         keys = list(train.keys())
         if not all(type(u) is int for u in keys):
             raise DataError(f"{file}: train has a non-integer user key {short(next(u for u in keys if type(u) is not int))}")
-        sequences: list[list[int]] = []
-        user_ids: list[str] = []
-        dropped = 0
+        users = UserSequences(file, options)
         for u in sorted(keys):
             for key in ("val", "test"):
                 value = parts[key][u]
@@ -65,15 +63,8 @@ class AuthorsPickleFormat(DataFormat):
             if not isinstance(train[u], list):
                 raise DataError(f"{file}: train[{short(u)}] must be a list, got {short(train[u])}")
             seq = [check_int_id(file, i, f" (user {short(u)})") for i in train[u] + val[u] + test[u]]
-            label = _label(user_label.get(u, u))
-            if len(seq) < options.min_length:
-                if not options.drop_short:
-                    raise short_user_error(file, label, len(seq), f" (train[{short(u)}])", options.min_length)
-                dropped += 1
-                continue
-            sequences.append(seq)
-            user_ids.append(label)
-        result = finish_sequences(file, sequences, user_ids, name=name, fmt="pickle", dropped=dropped)
+            users.add(_label(user_label.get(u, u)), seq, f" (train[{short(u)}])")
+        result = users.finish(name=name, fmt="pickle")
         if item_label:
             result.item_ids = [""] + [_label(item_label.get(int(i), i)) for i in result.item_ids[1:]]
         return result

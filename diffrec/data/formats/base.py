@@ -171,6 +171,29 @@ def short_user_error(file: pathlib.Path, user: str, length: int, where: str, min
     )
 
 
+class UserSequences:
+    """Collects per-user sequences of a sequence file, enforcing ``min_length`` / ``drop_short``."""
+
+    def __init__(self, file: pathlib.Path, options: DataConfig) -> None:
+        self.file = file
+        self.options = options
+        self.sequences: list[list[int]] = []
+        self.user_ids: list[str] = []
+        self.dropped = 0
+
+    def add(self, user: str, items: list[int], where: str) -> None:
+        if len(items) < self.options.min_length:
+            if not self.options.drop_short:
+                raise short_user_error(self.file, user, len(items), where, self.options.min_length)
+            self.dropped += 1
+            return
+        self.sequences.append(items)
+        self.user_ids.append(user)
+
+    def finish(self, *, name: str, fmt: str) -> SequenceData:
+        return finish_sequences(self.file, self.sequences, self.user_ids, name=name, fmt=fmt, dropped=self.dropped)
+
+
 def finish_sequences(
     file: pathlib.Path,
     sequences: list[list[int]],

@@ -17,7 +17,7 @@ import pathlib
 
 from diffrec.config import DataConfig
 from diffrec.data.dataset import SequenceData
-from diffrec.data.formats.base import DataFormat, finish_sequences, label, parse_int_token, read_text, short_user_error
+from diffrec.data.formats.base import DataFormat, UserSequences, label, parse_int_token, read_text
 from diffrec.errors import DataError
 from diffrec.registry import register
 
@@ -39,10 +39,8 @@ class SequencesFormat(DataFormat):
 
     def load(self, file: pathlib.Path, options: DataConfig, name: str) -> SequenceData:
         text = read_text(file)
-        sequences: list[list[int]] = []
-        user_ids: list[str] = []
+        users = UserSequences(file, options)
         first_line: dict[str, int] = {}
-        dropped = 0
         for lineno, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
             if not parts:
@@ -52,14 +50,8 @@ class SequencesFormat(DataFormat):
             if user in first_line:
                 raise DataError(f"{file}:{lineno}: duplicate user id {label(user)} (first on line {first_line[user]})")
             first_line[user] = lineno
-            if len(items) < options.min_length:
-                if not options.drop_short:
-                    raise short_user_error(file, user, len(items), f":{lineno}", options.min_length)
-                dropped += 1
-                continue
-            sequences.append(items)
-            user_ids.append(user)
-        data = finish_sequences(file, sequences, user_ids, name=name, fmt="sequences", dropped=dropped)
+            users.add(user, items, f":{lineno}")
+        data = users.finish(name=name, fmt="sequences")
         restore_prepared_ids(file, text, data)
         return data
 
