@@ -11,18 +11,23 @@ Adding a part is one file plus one decorator::
     class MyLSTM(Approximator):
         ...
 
-Factories accept either a registered name or an already built object, and an
-unknown name raises :class:`UnknownPartError` listing the valid choices.
+A part declares its parameters as typed keyword-only constructor arguments
+(:mod:`diffrec.params`); ``build`` takes a part reference (a name, or a table
+``{"name": ..., **parameters}``) or an already built object, checks the
+parameters against the declaration and passes the context the caller offers
+(``num_steps=``, ``config=``, ...) to the arguments the factory names. An unknown
+name raises :class:`UnknownPartError` listing the valid choices; an unknown
+parameter or a value of the wrong type is a one-line error listing the valid ones.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from diffrec.errors import DiffrecError
+from diffrec.params import Param, check_values, context_names, part_args, part_name, part_params
 
 T = TypeVar("T")
 
@@ -100,26 +105,35 @@ class Registry(Generic[T]):
             valid = ", ".join(self.names()) or "(none registered)"
             raise UnknownPartError(f"unknown {self.kind} {name!r}; valid choices: {valid}") from None
 
-    def build(self, spec: str | T, /, **kwargs: Any) -> T:
-        """Build a part from a name (calling its factory with ``kwargs``) or pass an object through."""
-        if isinstance(spec, str):
-            return self.get(spec)(**kwargs)
-        if self.base is not None and not isinstance(spec, self.base):
-            raise DiffrecError(f"expected a {self.kind} name or a {self.base.__name__} instance, got {type(spec).__name__}")
-        return spec
+    def params(self, name: str) -> dict[str, Param]:
+        """The parameters ``name`` declares (its keyword-only constructor arguments)."""
+        factory = self.get(name)
+        declared = getattr(factory, "declared_params", None)
+        return dict(declared()) if callable(declared) else part_params(factory)
 
-    def build_from(self, spec: str | T, /, **available: Any) -> T:
-        """Build from a name, passing only the keyword arguments the factory accepts."""
-        if not isinstance(spec, str):
-            return self.build(spec)
-        factory = self.get(spec)
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            return factory(**available)
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return factory(**available)
-        return factory(**{k: v for k, v in available.items() if k in params})
+    def check(self, spec: Any) -> dict[str, Any]:
+        """The checked parameters of a part reference (an error for an unknown name or parameter)."""
+        name = part_name(spec)
+        return check_values(part_args(spec), self.params(name), f"{self.kind} {name}")
+
+    def build(self, spec: Any, /, **context: Any) -> T:
+        """Build a part from a reference (a name or ``{"name": ..., **params}``), or pass an object through.
+
+        ``context`` holds what the caller can offer; each factory receives the entries that
+        its positional-or-keyword arguments name (all of them if it takes ``**kwargs``).
+        """
+        if not (isinstance(spec, str) or (isinstance(spec, dict) and "name" in spec)):
+            if self.base is not None and not isinstance(spec, self.base):
+                raise DiffrecError(f"expected a {self.kind} name or a {self.base.__name__} instance, got {type(spec).__name__}")
+            return spec
+        values = self.check(spec)
+        factory = self.get(part_name(spec))
+        names, takes_all = context_names(factory)
+        offered = context if takes_all else {k: v for k, v in context.items() if k in names}
+        return factory(**offered, **values)
+
+    #: the former name of :meth:`build`, which already passed only the context a factory accepts
+    build_from = build
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"

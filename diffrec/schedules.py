@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -67,10 +67,18 @@ class LinearSchedule(_Schedule):
 
 @register("schedule", "cosine")
 class CosineSchedule(_Schedule):
-    """Improved-DDPM cosine curve alpha_bar(s) = cos^2((s + 0.008) / 1.008 * pi / 2)."""
+    """Improved-DDPM cosine curve alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2) (Nichol & Dhariwal, Eq. 17)."""
+
+    def __init__(self, *, s: Annotated[float, "offset that keeps beta_1 from vanishing (0.008 in improved DDPM)"] = 0.008) -> None:
+        if not 0.0 <= s < 1.0:
+            raise ConfigError(f"schedule cosine: s must lie in [0, 1), got {s}")
+        self.s = s
 
     def betas(self, num_steps: int) -> np.ndarray:
-        return betas_from_alpha_bar(num_steps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+        return betas_from_alpha_bar(num_steps, lambda u: math.cos((u + self.s) / (1 + self.s) * math.pi / 2) ** 2)
+
+    def __repr__(self) -> str:
+        return f"CosineSchedule(s={self.s})"
 
 
 @register("schedule", "sqrt")
@@ -126,7 +134,24 @@ class GaussianDiffusion:
     def __init__(self, schedule: NoiseSchedule, num_steps: int) -> None:
         if num_steps < 1:
             raise ConfigError(f"the number of diffusion steps must be >= 1, got {num_steps}")
-        betas = np.asarray(schedule.betas(num_steps), dtype=np.float64)
+        self._setup(np.asarray(schedule.betas(num_steps), dtype=np.float64), num_steps)
+        #: the model's timestep of each step of this process (the identity; see ``respaced``)
+        self.timestep_map = np.arange(num_steps)
+
+    @classmethod
+    def respaced(cls, parent: GaussianDiffusion, timesteps: list[int]) -> GaussianDiffusion:
+        """The process on a subsequence of ``parent``'s steps (increasing), as improved DDPM respaces it:
+        beta'_i = 1 - abar(t_i) / abar(t_{i-1}), so that abar is unchanged at the kept steps.
+        ``timestep_map`` gives each new step's timestep in ``parent`` (what the denoiser sees)."""
+        kept = parent.alphas_cumprod[np.asarray(timesteps)]
+        previous = np.append(1.0, kept[:-1])
+        self = cls.__new__(cls)
+        self._setup(1.0 - kept / previous, len(timesteps))
+        self.timestep_map = np.asarray(timesteps)
+        self.parent_steps = parent.num_steps
+        return self
+
+    def _setup(self, betas: np.ndarray, num_steps: int) -> None:
         if betas.shape != (num_steps,):
             raise ConfigError(f"schedule returned {betas.shape} betas for {num_steps} steps")
         if not ((betas > 0).all() and (betas <= 1).all()):
@@ -167,3 +192,20 @@ class GaussianDiffusion:
     def scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Timesteps as the step embedding sees them: t * 1000 / T."""
         return t.float() * (1000.0 / self.num_steps)
+
+    # ------------------------------------------------ prediction types
+    def x0_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (Eq. 16 solved for x_0)."""
+        return (x_t - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._gather(self.sqrt_alphas_cumprod, t, x_t)
+
+    def eps_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t) (Eq. 16 solved for the noise)."""
+        return (x_t - self._gather(self.sqrt_alphas_cumprod, t, x_t) * x0) / self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    def to_x0(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        """A denoiser's output as an x_0 estimate, whichever it predicts (``x0`` or ``epsilon``)."""
+        if prediction_type == "x0":
+            return prediction
+        if prediction_type == "epsilon":
+            return self.x0_from_eps(x_t, prediction, t)
+        raise ConfigError(f"unknown prediction type {prediction_type!r}; valid choices: x0, epsilon")
