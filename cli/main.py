@@ -30,7 +30,7 @@ from diffrec.cli.common import (
     with_data_options,
 )
 from diffrec.errors import DiffrecError
-from diffrec.registry import KINDS, MODEL_KINDS, load_builtin_parts, load_plugin, registry
+from diffrec.registry import KINDS, load_builtin_parts, load_plugin, registry
 
 # --------------------------------------------------------------------------- train
 
@@ -86,43 +86,30 @@ def build_config(config_file: Optional[pathlib.Path], plugins: list[str], overri
     from diffrec.config import RunConfig
 
     config = RunConfig.load(config_file) if config_file is not None else RunConfig()
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        section, field = OVERRIDES[name]
-        setattr(getattr(config, section), field, value)
     for plugin in plugins:
         if plugin not in config.plugins:
             config.plugins.append(plugin)
     load_builtin_parts()
     for plugin in config.plugins:
         load_plugin(plugin)
-    for kind in MODEL_KINDS:
-        registry(kind).get(getattr(config.model, kind))  # unknown names fail before anything is written
+    if config_file is not None:
+        try:
+            config.validate()  # the file's own errors name the file
+        except DiffrecError as exc:
+            raise DiffrecError(f"{config_file}: {exc}") from None
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        section, field = OVERRIDES[name]
+        if (section, field) == ("model", "model") and value != config.model.model:
+            config.model.model = value  # another model: keep the settings it declares, drop the others
+            declared = config.model.declared()
+            config.model.settings = {k: v for k, v in config.model.settings.items() if k in declared}
+            continue
+        setattr(getattr(config, section), field, value)
     if config.data.format != "auto":
         registry("data_format").get(config.data.format)
-    return config.validate()
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE strings -> typed values (int, float, bool or str)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise DiffrecError(f"--option must look like KEY=VALUE, got {pair!r}")
-        value: Any = raw.strip()
-        if value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(value)
-                    break
-                except ValueError:
-                    continue
-        out[key.strip()] = value
-    return out
+    return config.validate()  # unknown parts, settings and values fail before anything is written
 
 
 @app.command()
@@ -135,7 +122,8 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace the diffrec run in --out (kept until the new run has finished)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     plugin: list[str] = typer.Option([], "--plugin", help="Module or .py file that registers extra parts (repeatable)."),
-    option: list[str] = typer.Option([], "--option", help="Model-specific setting KEY=VALUE (repeatable), e.g. --option mask_prob=0.2."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE for any config field, model setting or part parameter (repeatable), e.g. --set reverse_sampler.steps=4, --set mask_prob=0.2."),
+    option: list[str] = typer.Option([], "--option", hidden=True, help="The former name of --set for a model setting."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     model: Optional[str] = typer.Option(None, help=choices("model")),
     approximator: Optional[str] = typer.Option(None, help=choices("approximator")),
@@ -197,12 +185,13 @@ def train(
                 config = candidate / "config.toml"
                 break
     cfg = build_config(config, plugin, params)
-    cfg.model.options.update(parse_options(option))
-    cfg.validate()
+    from diffrec.overrides import apply_all
+
+    apply_all(cfg, [*(f"model.{pair}" if "=" in pair else pair for pair in option), *set_])
     dataset = open_dataset(cfg.data)
     stats = dataset.stats()
     m = cfg.model
-    parts = f"{m.approximator}, {m.schedule}, T={m.diffusion_steps}, {m.loss}, {m.rounding}" if m.model == "diffurec" else f"loss {m.loss}"
+    parts = describe_model(m)
 
     def report(record: dict[str, Any]) -> None:
         line = f"epoch {record['epoch']:>4}  loss {record['loss']:.4f}  {record['seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s"
@@ -233,15 +222,28 @@ def train(
     console.print(f"run written to {out}", highlight=False)
 
 
+def describe_model(m) -> str:
+    """The parts a run trains with, for the line printed before training."""
+    from diffrec.params import part_name
+
+    names = [f"{key} {part_name(m.settings[key])}" for key in ("approximator", "schedule", "rounding", "reverse_sampler") if key in m.settings]
+    if "diffusion_steps" in m.settings:
+        names.insert(min(2, len(names)), f"T={m.settings['diffusion_steps']}")
+    return ", ".join([*names, f"loss {part_name(m.loss)}"])
+
+
 # --------------------------------------------------------------------------- evaluate / recommend
 
 
-def _load_checkpoint(checkpoint: pathlib.Path, device: str):
+def _load_checkpoint(checkpoint: pathlib.Path, device: str, sets: list[str] = ()):
     from diffrec.trainer import load_run_model, select_device
 
     dev = select_device(device)
-    cfg, model, record = load_run_model(checkpoint, dev)
+    cfg, model, record = load_run_model(checkpoint, dev, sets)
     return cfg, model, record, dev
+
+
+SET_HELP = "KEY=VALUE changing the run's config before it is evaluated (repeatable), e.g. --set reverse_sampler.steps=4, --set eval.seed=3."
 
 
 @app.command()
@@ -258,6 +260,7 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Replace the --save-topk file (only a top-K list that diffrec wrote)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     output_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists."""
     from diffrec.checkpoint import RunDir
@@ -271,11 +274,8 @@ def evaluate(
         raise DiffrecError("-k must be >= 1")
     if save_topk is not None:
         check_overwrite(save_topk, force, is_topk_file, "top-K list")
-    cfg, model, record, dev = _load_checkpoint(checkpoint, device)
-    if reverse_sampler is not None:
-        if not hasattr(model, "reverse_sampler"):
-            raise DiffrecError(f"model {cfg.model.model} has no reverse sampler")
-        model.reverse_sampler = registry("reverse_sampler").build_from(reverse_sampler, config=cfg.model)
+    sets = [*([f"reverse_sampler={reverse_sampler}"] if reverse_sampler is not None else []), *set_]
+    cfg, model, record, dev = _load_checkpoint(checkpoint, device, sets)
     dataset = RunDir(checkpoint).open_data(cfg, data, warn=lambda line: err_console.print(line, highlight=False))
     if dataset.num_items != record["num_items"]:
         raise DiffrecError(f"the data has {dataset.num_items} items but the model was trained on {record['num_items']}")
@@ -318,6 +318,7 @@ def recommend(
     ids: str = typer.Option("raw", help="raw: --history and the output use the dataset's own item ids; internal: diffrec's 1..N."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     output_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Rank the whole catalogue for one history and print the top K items."""
     import torch
@@ -328,7 +329,7 @@ def recommend(
 
     if ids not in ("raw", "internal"):
         raise DiffrecError(f"unknown --ids {ids!r}; valid choices: raw, internal")
-    cfg, model, record, dev = _load_checkpoint(checkpoint, device)
+    cfg, model, record, dev = _load_checkpoint(checkpoint, device, set_)
     n = int(record["num_items"])
     originals = RunDir(checkpoint).item_ids() if ids == "raw" else None
     if originals is not None and len(originals) != n + 1:
@@ -384,18 +385,32 @@ def _history_ids(history: str, n: int, originals: list[str] | None) -> list[int]
 
 @app.command("list")
 @handle_errors
-def list_cmd(plugin: list[str] = typer.Option([], "--plugin", help="Also import these plugin modules.")) -> None:
+def list_cmd(
+    plugin: list[str] = typer.Option([], "--plugin", help="Also import these plugin modules."),
+    params: bool = typer.Option(False, "--params", help="Also print every part's parameters and every model's settings, with types, defaults and help."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the README's part table (Markdown) instead."),
+) -> None:
     """Print every registry and its entries (model parts and data formats)."""
+    from diffrec.catalog import markdown_table, parameters
+
     load_builtin_parts()
     for p in plugin:
         load_plugin(p)
+    if markdown:
+        print(markdown_table())
+        return
     table = Table(title="diffrec parts")
     table.add_column("registry")
     table.add_column("name")
     table.add_column("description")
+    if params:
+        table.add_column("parameters (a model: its settings)")
     for kind in KINDS:
         for name in registry(kind).names():
-            table.add_row(kind, name, registry(kind).describe(name))
+            row = [kind, name, registry(kind).describe(name)]
+            if params:
+                row.append("\n".join(f"{p.describe()}  {p.help}".rstrip() for p in parameters(kind, name).values()))
+            table.add_row(*row)
     console.print(table)
 
 

@@ -171,20 +171,31 @@ def dataset_record(data: SequenceData, path: str) -> dict[str, Any]:
     }
 
 
+_EXTRA = "_extra_state"  # the key nn.Module.state_dict gives a module's get_extra_state()
+
+
+def _has_extra_state(model: torch.nn.Module) -> bool:
+    return type(model).get_extra_state is not torch.nn.Module.get_extra_state
+
+
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as flat tensors; its extra state (``get_extra_state``, a dict of
+    tensors) under ``extra.<name>``."""
     tensors = dict(model.state_dict())
-    tensors.update({f"extra.{k}": v for k, v in model.extra_state().items()})  # type: ignore[operator]
+    extra = tensors.pop(_EXTRA, None) or {}
+    tensors.update({f"extra.{k}": v for k, v in extra.items()})
     return tensors
 
 
 def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: pathlib.Path) -> None:
     extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
     weights = {k: v for k, v in tensors.items() if not k.startswith(("extra.", "optim.", "rng."))}
+    if _has_extra_state(model):
+        weights[_EXTRA] = extra
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise DiffrecError(f"{path}: weights do not fit the configured model ({_load_error_detail(exc)})") from None
-    model.load_extra_state(extra)  # type: ignore[operator]
 
 
 def _load_error_detail(exc: RuntimeError) -> str:
@@ -268,9 +279,18 @@ class RunDir:
             raise DiffrecError(f"refusing to replace {self.path}: it holds files that diffrec did not write ({_listing(foreign)}); move them away first")
 
     def config(self) -> RunConfig:
+        """The run's config (loaded, not yet validated: its plugins may still need loading)."""
         if not self.is_run():
             raise DiffrecError(f"{self.path} is not a diffrec run directory (no {CONFIG})")
         return RunConfig.load(self.file(CONFIG))
+
+    def valid_config(self) -> RunConfig:
+        """The run's config, validated (errors name the file)."""
+        config = self.config()
+        try:
+            return config.validate()
+        except DiffrecError as exc:
+            raise DiffrecError(f"{self.file(CONFIG)}: {exc}") from None
 
     def dataset(self) -> dict[str, Any]:
         return self.read_json(DATASET)

@@ -20,6 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from diffrec.errors import DiffrecError
+from diffrec.model_config import ModelConfig, flat_model_section, model_section
+
+__all__ = ["DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "TrainConfig"]
 
 ATTENTION_MASKS = ("official", "key_padding", "causal")
 EVAL_PROTOCOLS = ("correct", "official")
@@ -29,63 +32,6 @@ HEADERS = ("auto", "yes", "no")
 #: "prefix": every prefix of a user's training part is one example with one target (the public code);
 #: "sequence": one example per user, a target at every position (SASRec's, GRU4Rec's and STOSA's own training)
 TRAIN_EXAMPLES = ("prefix", "sequence")
-
-
-@dataclass
-class ModelConfig:
-    """Architecture and diffusion settings (public-code defaults)."""
-
-    model: str = "diffurec"
-    approximator: str = "transformer"
-    schedule: str = "trunc_lin"
-    loss: str = "ce"
-    rounding: str = "inner_product"
-    timestep_sampler: str = "uniform"
-    reverse_sampler: str = "ddpm"
-    hidden_size: int = 128
-    num_blocks: int = 4
-    num_heads: int = 4
-    dropout: float = 0.1
-    emb_dropout: float = 0.3
-    max_len: int = 50
-    diffusion_steps: int = 32
-    #: lambda ~ N(delta, delta) element-wise over the history (paper Eq. 13)
-    delta: float = 0.001
-    #: "official" blanks padding query rows (bidirectional, pads as keys); see approximators/transformer.py
-    attention_mask: str = "official"
-    position_embedding: bool = False
-    #: the paper's extra step x_0 ~ q(x_0 | e) = N(sqrt(alpha_0) e, (1 - alpha_0) I); absent from the public code
-    x0_from_embedding: bool = False
-    #: std of the item-embedding init; the public code uses nn.Embedding's N(0, 1)
-    emb_init_std: float = 1.0
-    #: the public code's softmax covers all N + 1 ids, padding included
-    ce_over_padding: bool = True
-    #: kernel backend for noise injection / rounding / fused CE: "auto", "torch" or "triton"
-    kernel_backend: str = "torch"
-    #: model-specific settings of parts outside this list (e.g. a baseline's mask probability)
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        _check_finite(self, "model")
-        for key, value in self.options.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise DiffrecError(f"option {key} must be a finite number, got {value}")
-        if self.attention_mask not in ATTENTION_MASKS:
-            raise DiffrecError(f"unknown attention mask {self.attention_mask!r}; valid choices: {', '.join(ATTENTION_MASKS)}")
-        for name in ("hidden_size", "num_blocks", "num_heads", "max_len", "diffusion_steps"):
-            if getattr(self, name) < 1:
-                raise DiffrecError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise DiffrecError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        for name in ("dropout", "emb_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise DiffrecError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.delta < 0:
-            raise DiffrecError(f"delta must be >= 0, got {self.delta}")
-        if self.emb_init_std <= 0:
-            raise DiffrecError(f"emb_init_std must be > 0, got {self.emb_init_std}")
-        if self.kernel_backend not in ("auto", "torch", "triton"):
-            raise DiffrecError(f"unknown kernel backend {self.kernel_backend!r}; valid choices: auto, torch, triton")
 
 
 @dataclass
@@ -203,6 +149,12 @@ class RunConfig:
     plugins: list[str] = field(default_factory=list)
 
     def validate(self) -> RunConfig:
+        """Check every section (the model's settings against the model, with the config's plugins loaded)."""
+        from diffrec.registry import load_builtin_parts, load_plugin
+
+        load_builtin_parts()
+        for plugin in self.plugins:
+            load_plugin(plugin)
         self.model.validate()
         self.train.validate()
         self.eval.validate()
@@ -210,7 +162,10 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as a config file writes it (the model's settings flat under ``model``)."""
+        out = asdict(self)
+        out["model"] = flat_model_section(self.model)
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
@@ -225,6 +180,9 @@ class RunConfig:
             value = raw[name]
             if name == "plugins":
                 kwargs[name] = list(value)
+                continue
+            if name == "model":
+                kwargs[name] = model_section(value)
                 continue
             section_cls = f.default_factory  # type: ignore[misc]
             kwargs[name] = _section(section_cls, value, name)

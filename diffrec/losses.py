@@ -56,6 +56,16 @@ class MSELoss:
         return (x0_hat - item_weight[targets]).pow(2).mean(-1)  # (B,)
 
 
+@register("loss", "cosine")
+class CosineErrorLoss:
+    """Squared cosine error (cos(x0_hat, e_target) - 1)^2: direction only (PreferDiff's best reconstruction error)."""
+
+    per_example = True
+
+    def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (F.cosine_similarity(x0_hat, item_weight[targets], dim=-1) - 1.0).pow(2)  # (B,)
+
+
 @register("loss", "ce_fused")
 class FusedCrossEntropyLoss:
     """The ``ce`` loss through the fused linear cross-entropy kernel: no B x (N + 1) logits (batch mean only)."""

@@ -156,12 +156,12 @@ def coerce(param: Param, value: Any, where: str) -> Any:
     return value
 
 
-def check_values(given: Mapping[str, Any], declared: Mapping[str, Param], what: str) -> dict[str, Any]:
+def check_values(given: Mapping[str, Any], declared: Mapping[str, Param], what: str, noun: str = "parameter") -> dict[str, Any]:
     """``given`` checked against ``declared``: unknown names and wrong types are one-line errors."""
     unknown = sorted(set(given) - set(declared))
     if unknown:
         valid = ", ".join(p.describe() for p in declared.values()) or "none"
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {what}; valid parameters: {valid}")
+        raise ConfigError(f"unknown {noun}(s) {', '.join(unknown)} for {what}; valid {noun}s: {valid}")
     return {name: coerce(declared[name], value, f"{what}: ") for name, value in given.items()}
 
 

@@ -185,7 +185,9 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
             raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")
     config = RunConfig()
     config.model.model = preset.model
-    for key, value in {**DATASET_SETTINGS[dataset], **RECIPES[recipe]["model"], **dict(preset.overrides)}.items():
+    declared = config.model.declared()
+    recipe_model = {k: v for k, v in RECIPES[recipe]["model"].items() if k in declared}  # e.g. emb_init_std, for the models that have it
+    for key, value in {**DATASET_SETTINGS[dataset], **recipe_model, **dict(preset.overrides)}.items():
         setattr(config.model, key, dict(value) if isinstance(value, dict) else value)
     for key, value in RECIPES[recipe]["train"].items():
         setattr(config.train, key, value)
@@ -354,7 +356,7 @@ def reproduce(
             run_dir = out_dir / "runs" / dataset / recipe / name / f"seed{seed}"
             run = ckpt.RunDir(run_dir)
             if run.file(ckpt.CONFIG).is_file():
-                _check_same_run(run.config(), config, run_dir)
+                _check_same_run(run.config().validate(), config, run_dir)
             command = f"diffrec train --config {run_dir / ckpt.CONFIG} --out {run_dir}"
             finished = run.file(ckpt.FINAL).is_file()
             final = run.read_json(ckpt.FINAL) if finished else {}

@@ -209,8 +209,11 @@ class DDPMSampler:
 
 @register("reverse_sampler", "ddim")
 class DDIMSampler:
-    """DDIM (Song et al. 2021, Eq. 12): x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
-    sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s), on ``steps`` spaced timesteps."""
+    """DDIM (Song et al. 2021) on a subset of the steps: deterministic with eta = 0, DDPM's variance with eta = 1.
+
+    Eq. 12: x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z, with
+    sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s), on ``steps`` spaced timesteps.
+    """
 
     def __init__(
         self,

@@ -58,11 +58,41 @@ class _Schedule:
 
 @register("schedule", "linear")
 class LinearSchedule(_Schedule):
-    """DDPM linear betas, rescaled so that any T covers the 1000-step range."""
+    """DDPM linear betas (Ho et al. 2020), by default rescaled so that any T covers the 1000-step range."""
+
+    def __init__(
+        self,
+        *,
+        beta_start: Annotated[float, "the first beta (at T = 1000)"] = 1e-4,
+        beta_end: Annotated[float, "the last beta (at T = 1000)"] = 0.02,
+        rescale: Annotated[bool, "scale both by 1000 / T (DiffuRec's code); false: the same betas for any T (DreamRec's, PreferDiff's)"] = True,
+    ) -> None:
+        if not 0.0 < beta_start <= beta_end < 1.0:
+            raise ConfigError(f"schedule linear: need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        self.beta_start, self.beta_end, self.rescale = beta_start, beta_end, rescale
 
     def betas(self, num_steps: int) -> np.ndarray:
-        scale = 1000.0 / num_steps
-        return np.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=np.float64)
+        scale = 1000.0 / num_steps if self.rescale else 1.0
+        return np.linspace(scale * self.beta_start, scale * self.beta_end, num_steps, dtype=np.float64)
+
+
+@register("schedule", "exp")
+class ExponentialSchedule(_Schedule):
+    """VP-SDE betas discretised (DreamRec's "exp"): beta_i = 1 - exp(-b_min / T - x_i (b_max - b_min) / (2 T^2)), x = linspace(1, 2T + 1, T)."""
+
+    def __init__(
+        self,
+        *,
+        beta_min: Annotated[float, "beta_min of the variance-preserving SDE"] = 0.1,
+        beta_max: Annotated[float, "beta_max of the variance-preserving SDE"] = 10.0,
+    ) -> None:
+        if not 0.0 < beta_min < beta_max:
+            raise ConfigError(f"schedule exp: need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def betas(self, num_steps: int) -> np.ndarray:
+        x = np.linspace(1, 2 * num_steps + 1, num_steps, dtype=np.float64)
+        return 1.0 - np.exp(-self.beta_min / num_steps - x * 0.5 * (self.beta_max - self.beta_min) / (num_steps * num_steps))
 
 
 @register("schedule", "cosine")

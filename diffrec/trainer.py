@@ -168,7 +168,7 @@ class Trainer:
             raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
         if not self.run.file(ckpt.LAST).is_file():
             raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
-        saved = self.run.config()
+        saved = self.run.valid_config()  # both complete, so that a config from before settings were declared compares equal
         if _without_budget(saved) != _without_budget(self.config):
             raise DiffrecError(
                 f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
@@ -386,12 +386,15 @@ def _without_budget(config: RunConfig) -> dict[str, Any]:
     return raw
 
 
-def load_run_model(run_dir: str | pathlib.Path, device: torch.device) -> tuple[RunConfig, Recommender, dict[str, Any]]:
-    """The best model of a finished (or running) run directory."""
+def load_run_model(run_dir: str | pathlib.Path, device: torch.device, sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, Recommender, dict[str, Any]]:
+    """The best model of a finished (or running) run directory; ``sets`` (``KEY=VALUE``, see
+    :mod:`diffrec.overrides`) change the run's config first, e.g. ``reverse_sampler.steps=4``."""
+    from diffrec.overrides import apply_all
+
     run = ckpt.RunDir(run_dir)
     if not run.path.is_dir():
         raise DiffrecError(f"{run.path} is not a run directory" if run.path.exists() else f"run directory not found: {run.path}")
-    config = run.config()
+    config = apply_all(run.valid_config(), list(sets))
     record = run.dataset()
     model = build_model(config, int(record["num_items"])).to(device)
     weights = run.file(ckpt.BEST)

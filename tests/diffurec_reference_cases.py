@@ -28,7 +28,7 @@ CASES: dict[str, dict] = {
 
 def model_config(name: str) -> ModelConfig:
     common = dict(hidden_size=D, num_blocks=2, num_heads=2, max_len=L, diffusion_steps=12, dropout=0.1, emb_dropout=0.3)
-    return ModelConfig.create(model="diffurec", **common, **CASES[name]) if hasattr(ModelConfig, "create") else ModelConfig(**common, **CASES[name])
+    return ModelConfig(model="diffurec", **common, **CASES[name])
 
 
 def build(name: str):
@@ -48,7 +48,7 @@ def batch() -> Batch:
 
 def run_case(name: str, model) -> dict[str, torch.Tensor]:
     """Everything the reference fixes, in a fixed order of random draws."""
-    out = {f"init.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    out = {f"init.{k}": v.detach().clone() for k, v in model.state_dict().items() if k != "_extra_state"}
     b = batch()
     model.train()
     torch.manual_seed(99)
@@ -59,10 +59,10 @@ def run_case(name: str, model) -> dict[str, torch.Tensor]:
         out[f"grad.{k}"] = p.grad.detach().clone() if p.grad is not None else torch.zeros(0)
     model.eval()
     with torch.no_grad():
-        h = model.encode_history(b)
+        h = model.condition(b)
         x_t = torch.randn(len(b), D, generator=torch.Generator().manual_seed(5))
         t = torch.full((len(b),), 6, dtype=torch.long)
-        out["x0_hat"] = model.denoise(h, b, x_t, t, torch.Generator().manual_seed(11))
+        out["x0_hat"] = model.denoiser(x_t, t, h, b, torch.Generator().manual_seed(11))
         out["reverse"] = model.reverse(b, torch.Generator().manual_seed(3))
         out["scores"] = model.full_sort_predict(b, torch.Generator().manual_seed(3))
     return out

@@ -66,7 +66,7 @@ def test_evaluate_is_repeatable_and_exports_topk(trained, tmp_path):
     assert_clean_error(again, "exists")
     one_step = run("evaluate", "--checkpoint", trained, "--json", "--reverse-sampler", "one_step")
     assert one_step.exit_code == 0 and json.loads(one_step.stdout)["metrics"] != metrics
-    assert_clean_error(run("evaluate", "--checkpoint", trained, "--reverse-sampler", "ddim"), "unknown reverse_sampler 'ddim'")
+    assert_clean_error(run("evaluate", "--checkpoint", trained, "--reverse-sampler", "nope"), "unknown reverse_sampler 'nope'")
     official = run("evaluate", "--checkpoint", trained, "--json", "--eval-protocol", "official")
     assert official.exit_code == 0 and json.loads(official.stdout)["protocol"] == "official"
 
@@ -119,7 +119,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, trained):
     evil = tmp_path / "dataset.pkl"
     evil.write_bytes(pickle.dumps({"train": shutil.rmtree}))
     assert_clean_error(run("train", "--out", out, "--data", evil), "shutil")
-    assert_clean_error(run("train", "--out", out, "--attention-mask", "diag"), "attention mask")
+    assert_clean_error(run("train", "--out", out, "--attention-mask", "diag"), "attention_mask must be one of")
     assert_clean_error(run("train", "--out", out, "--schedule", "linear", "--steps", "12"), "T = 12")
     assert not out.exists()
     assert_clean_error(run("train", "--out", trained, *TINY), "exists and is not empty")

@@ -23,7 +23,8 @@ def tiny(config):
     config.model.num_blocks = 1
     config.model.num_heads = 2
     config.model.max_len = 10
-    config.model.emb_init_std = 0.05
+    if "emb_init_std" in config.model.declared():  # a setting of the diffusion models only
+        config.model.emb_init_std = 0.05
     config.train.epochs = 1
     config.train.batch_size = 256
     config.eval.batch_size = 256
@@ -103,9 +104,9 @@ def test_presets_and_errors():
     ml = preset_config("sasrec-own-ml1m", "ml-1m", "sequence", 1, "x").model  # SASRec's MovieLens settings
     assert (ml.loss, ml.hidden_size, ml.num_blocks, ml.num_heads, ml.dropout, ml.emb_dropout, ml.max_len) == ("bce", 50, 2, 1, 0.2, 0.2, 200)
     caser = preset_config("caser-own", "beauty", "paper", 1, "x").model  # Caser's own settings
-    assert (caser.loss, caser.hidden_size, caser.dropout, caser.options) == ("bce", 50, 0.5, {})
+    assert (caser.loss, caser.hidden_size, caser.dropout, caser.settings) == ("bce", 50, 0.5, {"objective": "native", "window": 5, "n_h": 16, "n_v": 4})
     bert = preset_config("bert4rec-own", "beauty", "sequence", 1, "x")  # BERT4Rec's Beauty settings
-    assert (bert.model.hidden_size, bert.model.num_blocks, bert.model.num_heads, bert.model.dropout, bert.model.options) == (64, 2, 2, 0.1, {"mask_prob": 0.6})
+    assert (bert.model.hidden_size, bert.model.num_blocks, bert.model.num_heads, bert.model.dropout, bert.model.settings) == (64, 2, 2, 0.1, {"objective": "native", "mask_prob": 0.6})
     assert bert.train.examples == "sequence"
     pos = preset_config("diffurec-pos", "beauty", "fast", 1, "x")
     assert pos.model.position_embedding and build_model(pos, 30).trims_padding_exactly  # bucketing stays exact
@@ -117,8 +118,8 @@ def test_presets_and_errors():
         emb = preset_config(name, "beauty", "fast", 1, "x").model
         assert (emb.dropout, emb.emb_dropout, emb.emb_init_std, emb.attention_mask) == (0.1, rate, 0.05, "official")
     stosa = preset_config("stosa-own", "beauty", "sequence", 1, "x").model  # STOSA's Beauty settings
-    assert (stosa.loss, stosa.hidden_size, stosa.num_blocks, stosa.num_heads, stosa.dropout, stosa.emb_dropout, stosa.options) == (
-        "bpr", 64, 1, 4, 0.3, 0.3, {"attn_dropout": 0.0}
+    assert (stosa.loss, stosa.hidden_size, stosa.num_blocks, stosa.num_heads, stosa.dropout, stosa.emb_dropout, stosa.settings) == (
+        "bpr", 64, 1, 4, 0.3, 0.3, {"objective": "native", "pvn_weight": 0.005, "attn_dropout": 0.0}
     )
     with pytest.raises(DiffrecError, match="unknown recipe 'slow'; valid choices: paper, fast, long"):
         preset_config("diffurec", "beauty", "slow", 1, "x")

@@ -233,7 +233,7 @@ def test_bad_values_and_messages_keep_their_subject(tmp_path, finished_run):
     one_line_error(diffrec("train", "--out", tmp_path / "t", *TINY, "--threads", "-1"), "num_threads must be >= 0")
     config = tmp_path / "c.toml"
     config.write_text("[model]\nhiden_size = 3\n")
-    one_line_error(diffrec("train", "--config", config, "--out", tmp_path / "o"), str(config), "unknown key(s) in [model]: hiden_size")
+    one_line_error(diffrec("train", "--config", config, "--out", tmp_path / "o"), str(config), "unknown setting(s) hiden_size for model diffurec", "valid settings")
     config.write_text('[model]\nhidden_size = "big"\n')
     one_line_error(diffrec("train", "--config", config, "--out", tmp_path / "o"), str(config), "[model] hidden_size must be int")
     config.write_text("[train]\nlr = nan\n")

@@ -9,11 +9,15 @@
 A model with ``supports_sequence_examples`` also trains on sequence examples
 (``Batch.next_items``: a target at every position, ``--examples sequence``).
 
-Models are built as ``Model(config, num_items)`` from a :class:`ModelConfig`.
+Models are built as ``Model(config, num_items)`` from a :class:`ModelConfig`. A model
+declares its own settings as a dataclass, ``Settings`` (each field with its help, see
+:func:`diffrec.params.setting`); the config's settings are checked against it and the
+model reads them as ``self.settings``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import torch
@@ -21,17 +25,32 @@ from torch import nn
 
 from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
+from diffrec.params import Param, settings_params
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """A model without settings of its own."""
 
 
 class Recommender(nn.Module):
     #: whether ``calculate_loss`` accepts sequence examples (a target at every position)
     supports_sequence_examples: ClassVar[bool] = False
+    #: the model's own settings (a dataclass; see the module docstring)
+    Settings: ClassVar[type] = NoSettings
+    #: the loss a config that names none trains with (its paper's objective, or DiffuRec's cross-entropy)
+    default_loss: ClassVar[str] = "ce"
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__()
-        config.validate()
         self.config = config
         self.num_items = num_items
+        self.settings = config.model_settings()
+
+    @classmethod
+    def settings_params(cls) -> dict[str, Param]:
+        """The settings the model declares, for checks, ``--set`` and ``diffrec list --params``."""
+        return settings_params(cls.Settings)
 
     @property
     def trims_padding_exactly(self) -> bool:
@@ -55,10 +74,3 @@ class Recommender(nn.Module):
         scores[:, 0] = float("-inf")
         scores.scatter_(1, exclude, float("-inf"))
         return torch.topk(scores, k, dim=1)
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        """Non-parameter state to checkpoint (e.g. a learning timestep sampler)."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        return None

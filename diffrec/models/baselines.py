@@ -16,7 +16,7 @@ it against an *item table* (N + 1 rows, row 0 = padding) by inner product;
   included or not as ``config.ce_over_padding`` says); ``bce`` and ``bpr``
   (:mod:`diffrec.sampled_losses`) score the target against one uniformly
   sampled negative.
-- ``options["objective"]`` (``--option objective=...``) says which terms are
+- the setting ``objective`` (``--set objective=...``) says which terms are
   trained: ``"next"`` = one next-item term per example and nothing else;
   ``"native"`` (default) = the paper's training structure. For SASRec,
   GRU4Rec and Caser the two are the same (their papers train one sampled
@@ -50,12 +50,14 @@ absolute positions number positions as in the full ``max_len`` window
 Initialisation follows each paper or its reference code, not
 ``config.emb_init_std`` (whose default, 1.0, is DiffuRec's public-code quirk).
 Dropout: ``config.emb_dropout`` on input embeddings (not Caser, whose paper
-has one dropout), ``config.dropout`` inside the networks. Unknown ``options`` keys are refused.
+has one dropout), ``config.dropout`` inside the networks. Each model declares its settings
+(``Settings``); unknown keys are refused.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +66,8 @@ from torch import nn
 import diffrec.losses  # noqa: F401  (registers "ce", the default loss)
 from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
-from diffrec.errors import ConfigError
 from diffrec.models.base import Recommender
+from diffrec.params import setting
 from diffrec.registry import registry
 from diffrec.sampled_losses import SampledLoss, sample_negatives
 
@@ -83,26 +85,28 @@ __all__ = [
 ]
 
 
+@dataclasses.dataclass
+class BaselineSettings:
+    """Settings every baseline has."""
+
+    objective: Literal["native", "next"] = setting("native", "native: the paper's training structure (cloze, regulariser); next: one next-item term")
+
+
 class BaselineRecommender(Recommender):
     """A query/item-table recommender trained with a registered loss (see the module docstring).
 
     Subclasses define ``query(batch) -> (B, k)`` and ``item_table() -> (N + 1, k)``,
-    and ``option_defaults`` for their own ``config.options`` keys.
+    and a ``Settings`` dataclass (a subclass of :class:`BaselineSettings`) for their own settings.
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    Settings = BaselineSettings
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        defaults = {"objective": "native", **self.option_defaults}
-        unknown = sorted(set(config.options) - set(defaults))
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for model {config.model!r}; valid: {', '.join(sorted(defaults))}")
-        self.options = {**defaults, **config.options}
-        if self.options["objective"] not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.options['objective']!r}; valid choices: {', '.join(OBJECTIVES)}")
+        #: the settings as a dict (the models read ``self.options[key]``)
+        self.options = dataclasses.asdict(self.settings)
         backend = None if config.kernel_backend == "auto" else config.kernel_backend
-        self.loss_fn = registry("loss").build_from(config.loss, over_padding=config.ce_over_padding, backend=backend, config=config)
+        self.loss_fn = registry("loss").build(config.loss, over_padding=config.ce_over_padding, backend=backend, config=config)
 
     @property
     def native(self) -> bool:

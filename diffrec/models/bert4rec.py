@@ -31,7 +31,7 @@ probability ``mask_prob`` (the paper found 0.6 best on Beauty). Init: truncated 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
 
 import torch
 from torch import nn
@@ -41,27 +41,38 @@ from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
 from diffrec.models.baselines import (
     BaselineRecommender,
+    BaselineSettings,
     TransformerBlock,
     append_ones,
     attention_mask,
     window_positions,
 )
+from diffrec.params import setting
 from diffrec.registry import register
+
+
+@dataclasses.dataclass
+class BERT4RecSettings(BaselineSettings):
+    """BERT4Rec's settings."""
+
+    mask_prob: float = setting(0.2, "probability that each position other than the last is masked in the cloze task")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise ConfigError(f"mask_prob must lie in [0, 1), got {self.mask_prob}")
 
 
 @register("model", "bert4rec")
 class BERT4Rec(BaselineRecommender):
     """BERT4Rec: a bidirectional Transformer trained by cloze; a trailing [MASK] scores the next item."""
 
-    option_defaults: ClassVar[dict[str, Any]] = {"mask_prob": 0.2}
+    Settings = BERT4RecSettings
     #: the cloze input is prefix + target, which for a sequence example is the user's training window
     supports_sequence_examples = True
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        self.mask_prob = float(self.options["mask_prob"])
-        if not 0.0 <= self.mask_prob < 1.0:
-            raise ConfigError(f"mask_prob must lie in [0, 1), got {self.mask_prob}")
+        self.mask_prob = self.settings.mask_prob
         d = config.hidden_size
         self.mask_id = num_items + 1
         self.item_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding (masked out of attention)

@@ -50,7 +50,7 @@ embedding, zero biases, LayerNorm (1, 0); ``config.emb_init_std`` is unused.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,8 @@ from torch import nn
 from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
-from diffrec.models.baselines import BaselineRecommender, SelfAttention
+from diffrec.models.baselines import BaselineRecommender, BaselineSettings, SelfAttention
+from diffrec.params import setting
 from diffrec.registry import register
 
 #: the additive attention mask of the authors' code (not -inf: a query without keys stays finite)
@@ -126,21 +127,31 @@ class BSARecBlock(nn.Module):
         return self.ffn_norm(mixed + self.drop(self.ffn(mixed)))
 
 
+@dataclasses.dataclass
+class BSARecSettings(BaselineSettings):
+    """BSARec's settings (defaults: the authors' Beauty run)."""
+
+    c: int = setting(5, "the low-pass filter keeps the lowest c // 2 + 1 frequency bins")
+    alpha: float = setting(0.7, "weight of the frequency rescaler against self-attention")
+    attn_dropout: float = setting(0.5, "dropout on the attention weights")
+
+    def __post_init__(self) -> None:
+        if self.c < 1:
+            raise ConfigError(f"c must be an integer >= 1, got {self.c!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
+        if not 0.0 <= self.attn_dropout < 1.0:
+            raise ConfigError(f"attn_dropout must be a number in [0, 1), got {self.attn_dropout!r}")
+
 @register("model", "bsarec")
 class BSARec(BaselineRecommender):
     """BSARec: self-attention mixed with a high-frequency-keeping Fourier rescaler; shared item embeddings score the next item."""
 
-    option_defaults: ClassVar[dict[str, Any]] = {"c": 5, "alpha": 0.7, "attn_dropout": 0.5}
+    Settings = BSARecSettings
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        c, alpha, attn_dropout = self.options["c"], self.options["alpha"], self.options["attn_dropout"]
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise ConfigError(f"c must be an integer >= 1, got {c!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ConfigError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        if isinstance(attn_dropout, bool) or not isinstance(attn_dropout, (int, float)) or not 0 <= attn_dropout < 1:
-            raise ConfigError(f"attn_dropout must be a number in [0, 1), got {attn_dropout!r}")
+        c, alpha, attn_dropout = self.settings.c, self.settings.alpha, self.settings.attn_dropout
         d = config.hidden_size
         self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)  # (N + 1, d); row 0 = padding
         self.pos_emb = nn.Embedding(config.max_len, d)

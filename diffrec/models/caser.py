@@ -23,7 +23,7 @@ function.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +32,33 @@ from torch import nn
 from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
-from diffrec.models.baselines import BaselineRecommender, append_ones
+from diffrec.models.baselines import BaselineRecommender, BaselineSettings, append_ones
+from diffrec.params import setting
 from diffrec.registry import register
 
+
+@dataclasses.dataclass
+class CaserSettings(BaselineSettings):
+    """Caser's settings."""
+
+    window: int = setting(5, "the last L items that form the image")
+    n_h: int = setting(16, "horizontal filters of every height 1..L")
+    n_v: int = setting(4, "vertical filters")
+
+    def __post_init__(self) -> None:
+        for name in ("window", "n_h", "n_v"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 @register("model", "caser")
 class Caser(BaselineRecommender):
     """Caser: horizontal and vertical convolutions over the last L items (item-only variant)."""
 
-    option_defaults: ClassVar[dict[str, Any]] = {"window": 5, "n_h": 16, "n_v": 4}
+    Settings = CaserSettings
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        self.window, n_h, n_v = (int(self.options[k]) for k in ("window", "n_h", "n_v"))
-        if min(self.window, n_h, n_v) < 1:
-            raise ConfigError(f"caser window, n_h and n_v must be >= 1, got {self.window}, {n_h}, {n_v}")
+        self.window, n_h, n_v = self.settings.window, self.settings.n_h, self.settings.n_v
         d = config.hidden_size
         self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)  # (N + 1, d); padding embeds to 0
         self.conv_v = nn.Conv2d(1, n_v, (self.window, 1))

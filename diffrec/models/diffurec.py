@@ -9,24 +9,29 @@ x0_hat with the target over the whole catalogue.
 Inference (Alg. 1): x_T ~ N(0, I) is reversed step by step, each step
 re-injecting the current x_t into the history, and the final x_0 is rounded
 to items by inner product (Eq. 21).
+
+On the diffusion base (:mod:`diffrec.models.diffusion`) DiffuRec supplies its two
+ideas: the condition is the encoded history itself, and the denoiser injects x_t into
+that history and lets the approximator reconstruct x_0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
 from diffrec.config import ModelConfig
-from diffrec.layers import Dropout
 from diffrec.data.batching import Batch
-from diffrec.kernels import noise_inject
-from diffrec.models.base import Recommender
 from diffrec.errors import ConfigError
+from diffrec.kernels import noise_inject
+from diffrec.layers import Dropout
+from diffrec.models.diffusion import DiffusionRecommender, DiffusionSettings
+from diffrec.params import PartRef, setting
 from diffrec.registry import register, registry
-from diffrec.samplers import UniformSampler
-from diffrec.schedules import GaussianDiffusion
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -40,44 +45,58 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb  # (B, dim)
 
 
+@dataclasses.dataclass
+class DiffuRecSettings(DiffusionSettings):
+    """DiffuRec's settings (defaults: the public code)."""
+
+    approximator: PartRef = setting("transformer", "the network that reconstructs x_0 from the noised history", part="approximator")
+    delta: float = setting(0.001, "lambda ~ N(delta, delta) element-wise over the history (Eq. 13)")
+    attention_mask: Literal["official", "key_padding", "causal"] = setting(
+        "official", "official: the public code's mask (padding query rows blanked, bidirectional); key_padding; causal"
+    )
+    position_embedding: bool = setting(False, "add learned position embeddings (commented out in the public code)")
+    x0_from_embedding: bool = setting(False, "the paper's extra step x_0 ~ q(x_0 | e) = N(sqrt(alpha_0) e, (1 - alpha_0) I)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.delta < 0:
+            raise ConfigError(f"delta must be >= 0, got {self.delta}")
+        if self.prediction_type != "x0":
+            raise ConfigError("DiffuRec predicts x_0 (its loss rounds x0_hat over the catalogue); prediction_type must be x0")
+
+
 @register("model", "diffurec")
-class DiffuRec(Recommender):
+class DiffuRec(DiffusionRecommender):
     """DiffuRec: item distributions via a diffused target injected into the history."""
+
+    Settings = DiffuRecSettings
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        d = config.hidden_size
+        s, d = self.settings, config.hidden_size
         self.item_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding, no padding_idx (public code)
-        nn.init.normal_(self.item_emb.weight, std=config.emb_init_std)
-        self.pos_emb = nn.Embedding(config.max_len, d) if config.position_embedding else None
+        nn.init.normal_(self.item_emb.weight, std=s.emb_init_std)
+        self.pos_emb = nn.Embedding(config.max_len, d) if s.position_embedding else None
         if self.pos_emb is not None:  # on the items' scale, so that positions do not drown a small-std item table
-            nn.init.normal_(self.pos_emb.weight, std=config.emb_init_std)
+            nn.init.normal_(self.pos_emb.weight, std=s.emb_init_std)
         self.emb_dropout = Dropout(config.emb_dropout)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
-        self.approximator = registry("approximator").build_from(config.approximator, config=config)
+        self.approximator = registry("approximator").build(s.approximator, config=config)
         self.out_dropout = Dropout(config.dropout)
         self.out_norm = nn.LayerNorm(d, eps=1e-12)
-
-        schedule = registry("schedule").build_from(config.schedule)
-        self.diffusion = GaussianDiffusion(schedule, config.diffusion_steps)
-        backend = None if config.kernel_backend == "auto" else config.kernel_backend
-        self.loss_fn = registry("loss").build_from(config.loss, over_padding=config.ce_over_padding, backend=backend, config=config)
-        self.rounding = registry("rounding").build_from(config.rounding, backend=backend, config=config)
-        self.timestep_sampler = registry("timestep_sampler").build_from(config.timestep_sampler, num_steps=config.diffusion_steps)
-        if not getattr(self.loss_fn, "per_example", True) and not isinstance(self.timestep_sampler, UniformSampler):
-            raise ConfigError(f"the {config.loss} loss gives only a batch mean; the {config.timestep_sampler} sampler needs per-example losses")
-        self.reverse_sampler = registry("reverse_sampler").build_from(config.reverse_sampler, config=config)
 
     @property
     def trims_padding_exactly(self) -> bool:
         # the official mask lets real positions attend to padding keys; those are interchangeable
         # (so trimming is exact) only while no position embedding tells them apart
-        return not (self.config.attention_mask == "official" and self.config.position_embedding)
+        return not (self.settings.attention_mask == "official" and self.settings.position_embedding)
 
-    # ---------------------------------------------------------------- pieces
-    def encode_history(self, batch: Batch) -> torch.Tensor:
-        """LayerNorm(Dropout(E[seq] (+ positions))): (B, L, d)."""
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight  # (N + 1, d)
+
+    def condition(self, batch: Batch) -> torch.Tensor:
+        """The history h = LayerNorm(Dropout(E[seq] (+ positions))): (B, L, d)."""
         h = self.item_emb(batch.seq)  # (B, L, d)
         if self.pos_emb is not None:
             L = batch.seq.shape[1]
@@ -86,62 +105,19 @@ class DiffuRec(Recommender):
             h = h + self.pos_emb(pos)
         return self.emb_norm(self.emb_dropout(h))
 
-    def denoise(self, h: torch.Tensor, batch: Batch, x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0_hat = f_theta(history, x_t, t): (B, d)."""
+    def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, batch: Batch, generator: torch.Generator | None = None, unconditional: bool = False) -> torch.Tensor:
+        """x0_hat = f_theta(history, x_t, t): x_t plus its step embedding, injected into the history: (B, d)."""
         x = x_t + self.step_mlp(timestep_embedding(self.diffusion.scale_timesteps(t), x_t.shape[-1]))  # (B, d)
         seed_device = generator.device if generator is not None else torch.device("cpu")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=seed_device))
-        z = noise_inject(h, x, self.config.delta, seed, backend=self.backend)  # (B, L, d), Eq. 13
+        z = noise_inject(condition, x, self.settings.delta, seed, backend=self.backend)  # (B, L, d), Eq. 13
         rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
         return self.out_norm(self.out_dropout(rep))
 
-    @property
-    def backend(self) -> str | None:
-        """Kernel backend: None lets each op choose (Triton for CUDA tensors)."""
-        return None if self.config.kernel_backend == "auto" else self.config.kernel_backend
-
-    def diffuse_target(self, targets: torch.Tensor) -> torch.Tensor:
+    def target_x0(self, batch: Batch) -> torch.Tensor:
         """x_0 from the target embedding: e itself (public code) or a draw from q(x_0 | e) (paper Eq. 15)."""
-        e = self.item_emb(targets)  # (B, d)
-        if not self.config.x0_from_embedding:
+        e = self.item_emb(batch.target)  # (B, d)
+        if not self.settings.x0_from_embedding:
             return e
         a0 = float(1.0 - self.diffusion.betas[0])
         return math.sqrt(a0) * e + math.sqrt(1.0 - a0) * torch.randn_like(e)
-
-    # ------------------------------------------------------------- contract
-    def calculate_loss(self, batch: Batch) -> torch.Tensor:
-        h = self.encode_history(batch)  # (B, L, d)
-        x0 = self.diffuse_target(batch.target)  # (B, d)
-        t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)  # (B,), (B,)
-        x_t = self.diffusion.add_noise(x0, torch.randn_like(x0), t)  # (B, d)
-        x0_hat = self.denoise(h, batch, x_t, t)
-        losses = self.loss_fn(x0_hat, self.item_emb.weight, batch.target)  # (B,), or () for a fused batch mean
-        if losses.dim() == 0:
-            return losses
-        self.timestep_sampler.update(t, losses)
-        return (losses * weights).mean()
-
-    @torch.no_grad()
-    def reverse(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the reverse chain from x_T ~ N(0, I): (B, d)."""
-        h = self.encode_history(batch)
-        B, d = h.shape[0], h.shape[-1]
-        x_T = torch.randn((B, d), generator=generator, device=h.device, dtype=h.dtype)
-        return self.reverse_sampler.sample(lambda x, t: self.denoise(h, batch, x, t, generator), self.diffusion, x_T, generator)
-
-    @torch.no_grad()
-    def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.rounding.scores(self.reverse(batch, generator), self.item_emb.weight)  # (B, N + 1)
-
-    @torch.no_grad()
-    def recommend(self, batch: Batch, k: int, exclude: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rounding.topk(self.reverse(batch, generator), self.item_emb.weight, k, exclude)
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {f"timestep_sampler.{k}": v for k, v in self.timestep_sampler.state_dict().items()}
-
-    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        prefix = "timestep_sampler."
-        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if own:
-            self.timestep_sampler.load_state_dict(own)

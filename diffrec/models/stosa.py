@@ -39,8 +39,9 @@ for weights and embeddings (the authors' BERT-style code);
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +52,12 @@ from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
 from diffrec.models.baselines import (
     BaselineRecommender,
+    BaselineSettings,
     attention_mask,
     sample_negatives,
     window_positions,
 )
+from diffrec.params import setting
 from diffrec.registry import register
 
 
@@ -112,20 +115,29 @@ class WassersteinBlock(nn.Module):
         return mean, positive(cov)
 
 
+@dataclasses.dataclass
+class STOSASettings(BaselineSettings):
+    """STOSA's settings."""
+
+    pvn_weight: float = setting(0.005, "weight of the positive-versus-negative distance regulariser")
+    attn_dropout: float = setting(0.1, "dropout on the attention weights")
+
+    def __post_init__(self) -> None:
+        if self.pvn_weight < 0:
+            raise ConfigError(f"pvn_weight must be >= 0, got {self.pvn_weight}")
+        if not 0.0 <= self.attn_dropout < 1.0:
+            raise ConfigError(f"attn_dropout must lie in [0, 1), got {self.attn_dropout}")
+
 @register("model", "stosa")
 class STOSA(BaselineRecommender):
     """STOSA: Gaussian item embeddings, Wasserstein self-attention; items ranked by -W2 distance."""
 
-    option_defaults: ClassVar[dict[str, Any]] = {"pvn_weight": 0.005, "attn_dropout": 0.1}
+    Settings = STOSASettings
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
-        self.pvn_weight = float(self.options["pvn_weight"])
-        if self.pvn_weight < 0:
-            raise ConfigError(f"pvn_weight must be >= 0, got {self.pvn_weight}")
-        attn_dropout = self.options["attn_dropout"]
-        if isinstance(attn_dropout, bool) or not isinstance(attn_dropout, (int, float)) or not 0 <= attn_dropout < 1:
-            raise ConfigError(f"attn_dropout must be a number in [0, 1), got {attn_dropout!r}")
+        self.pvn_weight = self.settings.pvn_weight
+        attn_dropout = self.settings.attn_dropout
         d = config.hidden_size
         self.mean_emb = nn.Embedding(num_items + 1, d)  # (N + 1, d); row 0 = padding (masked out of attention)
         self.cov_emb = nn.Embedding(num_items + 1, d)
