@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import time
 from typing import Any, Optional
 
 import typer
@@ -257,12 +258,14 @@ def evaluate(
     reverse_sampler: Optional[str] = typer.Option(None, help="Evaluate with another reverse sampler (e.g. one_step); " + choices("reverse_sampler")),
     save_topk: Optional[pathlib.Path] = typer.Option(None, help="Write each user's top-K list (the dataset's own ids) to this TSV file."),
     k: int = typer.Option(20, "-k", help="List length for --save-topk."),
-    force: bool = typer.Option(False, "--force", help="Replace the --save-topk file (only a top-K list that diffrec wrote)."),
+    force: bool = typer.Option(False, "--force", help="Replace the --save-topk or --save-sweep file (only one that diffrec wrote)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     output_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    sweep: Optional[str] = typer.Option(None, help="KEY=V1,V2,...: evaluate once per value of a setting that needs no retraining, e.g. reverse_sampler.steps=1,2,4,8."),
+    save_sweep: Optional[pathlib.Path] = typer.Option(None, help="With --sweep: write the points (metrics and seconds per value) to this JSON file, for `diffrec plot --sweep`."),
 ) -> None:
-    """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists."""
+    """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists or sweep a setting."""
     from diffrec.checkpoint import RunDir
     from diffrec.evaluation import TOPK_HEADER, is_topk_file
     from diffrec.evaluation import evaluate as run_eval
@@ -275,18 +278,18 @@ def evaluate(
     if save_topk is not None:
         check_overwrite(save_topk, force, is_topk_file, "top-K list")
     sets = [*([f"reverse_sampler={reverse_sampler}"] if reverse_sampler is not None else []), *set_]
+    sets += [f"eval.{key}={value}" for key, value in (("protocol", eval_protocol), ("seed", eval_seed)) if value is not None]
+    if sweep is not None or save_sweep is not None:
+        return _sweep(checkpoint, sweep, save_sweep, force, sets, data, split, device, output_json)
     cfg, model, record, dev = _load_checkpoint(checkpoint, device, sets)
     dataset = RunDir(checkpoint).open_data(cfg, data, warn=lambda line: err_console.print(line, highlight=False))
     if dataset.num_items != record["num_items"]:
         raise DiffrecError(f"the data has {dataset.num_items} items but the model was trained on {record['num_items']}")
-    if eval_protocol is not None:
-        cfg.eval.protocol = eval_protocol
-    if eval_seed is not None:
-        cfg.eval.seed = eval_seed
-    cfg.eval.validate()
     if save_topk is not None and k > dataset.num_items:
         raise DiffrecError(f"-k {k} exceeds the {dataset.num_items} items")
+    started = time.perf_counter()
     result = run_eval(model, dataset, split, cfg.eval, max_len=cfg.model.max_len, device=dev, save_topk=k if save_topk else 0, show_progress=console.is_terminal)
+    seconds = time.perf_counter() - started
     if save_topk is not None:
         with atomic_file(save_topk) as tmp, tmp.open("w") as fh:
             fh.write(TOPK_HEADER)
@@ -294,11 +297,32 @@ def evaluate(
                 user = dataset.user_ids[u] if dataset.user_ids is not None else str(u)
                 fh.write(user + "\t" + " ".join(_item_names(dataset, items)) + "\n")
     if output_json:
-        print(dump_json({"split": split, "protocol": cfg.eval.protocol, "metrics": result.metrics}))
+        print(dump_json({"split": split, "protocol": cfg.eval.protocol, "metrics": result.metrics, "seconds": seconds}))
     else:
         print_metrics(f"{dataset.name} {split} ({cfg.eval.protocol} protocol, {result.num_users:,} users)", {split: result.metrics})
         if save_topk is not None:
             console.print(f"top-{k} lists written to {save_topk}", highlight=False)
+
+
+def _sweep(checkpoint, sweep, save_sweep, force, sets, data, split, device, output_json) -> None:
+    """``evaluate --sweep``: one evaluation per value, a table, and optionally the points as JSON."""
+    from diffrec.files import atomic_write, check_overwrite
+    from diffrec.sweep import is_sweep_file, parse_sweep, run_sweep
+    from diffrec.trainer import select_device
+
+    if sweep is None:
+        raise DiffrecError("--save-sweep needs --sweep KEY=V1,V2,...")
+    key, values = parse_sweep(sweep)
+    if save_sweep is not None:
+        check_overwrite(save_sweep, force, is_sweep_file, "sweep")
+    log = (lambda line: None) if output_json else (lambda line: console.print(line, highlight=False))
+    result = run_sweep(checkpoint, key, values, sets=sets, data=data, split=split, device=select_device(device), log=log)
+    text = dump_json(result)
+    if save_sweep is not None:
+        atomic_write(save_sweep, text + "\n")
+        log(f"sweep written to {save_sweep}")
+    if output_json:
+        print(text)
 
 
 def _item_names(dataset, items) -> list[str]:

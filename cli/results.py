@@ -109,16 +109,26 @@ def reproduce(
 def plot(
     run: list[pathlib.Path] = typer.Option([], "--run", help="A run directory; repeat to overlay several runs."),
     summary: Optional[pathlib.Path] = typer.Option(None, "--summary", help="A reproduction summary (benchmarks/results/<dataset>.json) to plot instead of runs."),
-    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary: beside it, <dataset>.png)."),
+    sweep: list[pathlib.Path] = typer.Option([], "--sweep", help="A sweep of `diffrec evaluate --save-sweep`; repeat to overlay several runs' sweeps."),
+    out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary or one --sweep: beside it, .png)."),
     force: bool = typer.Option(False, "--force", help="Replace the PNG (only one that diffrec drew)."),
 ) -> None:
-    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid,
-    or a reproduction summary's test HR@10/NDCG@10 per model against the paper's."""
+    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid;
+    a reproduction summary's test HR@10/NDCG@10 per model against the paper's; or evaluation sweeps."""
     from diffrec.files import check_overwrite
-    from diffrec.plots import is_diffrec_png, plot_runs, plot_summary
+    from diffrec.plots import is_diffrec_png, plot_runs, plot_summary, plot_sweeps
+    from diffrec.sweep import load_sweep
 
-    if bool(run) == (summary is not None):
-        raise DiffrecError("give either --run (one or more) or --summary")
+    if sum((bool(run), summary is not None, bool(sweep))) != 1:
+        raise DiffrecError("give either --run (one or more), --summary or --sweep (one or more)")
+    if sweep:
+        sweeps = [load_sweep(path) for path in sweep]
+        if out is None and len(sweep) > 1:
+            raise DiffrecError("--out is required when plotting several sweeps")
+        target = out or sweep[0].with_suffix(".png")
+        check_overwrite(target, force, is_diffrec_png, "plot")
+        console.print(f"wrote {plot_sweeps(sweeps, target)}", highlight=False)
+        return
     if summary is not None:
         if not summary.is_file():
             raise DiffrecError(f"summary not found: {summary}")

@@ -156,3 +156,37 @@ def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10"
     fig.suptitle(f"{dataset}: test metrics, mean ± std over seeds, a dot per seed")
     fig.tight_layout()
     return fig
+
+
+def plot_sweeps(sweeps: list[dict], out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
+    """Sweeps of ``diffrec evaluate --save-sweep``: each metric and the evaluation seconds against the
+    swept value, one line per run (log scale where the values are positive and span a decade or more)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = {s["key"] for s in sweeps}
+    if len(keys) > 1:
+        raise DiffrecError(f"the sweeps vary different settings ({', '.join(sorted(keys))}); plot one at a time")
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.6 * (len(metrics) + 1), 3.8))
+    numeric = all(isinstance(p["value"], (int, float)) for s in sweeps for p in s["points"])
+    for sweep in sweeps:
+        points = sorted(sweep["points"], key=lambda p: p["value"]) if numeric else sweep["points"]
+        xs = [p["value"] for p in points] if numeric else [str(p["value"]) for p in points]
+        label = f"{sweep.get('model', '?')}: {pathlib.Path(sweep['checkpoint']).name}"
+        for ax, name in zip(axes, (*metrics, "seconds")):
+            ys = [p["seconds"] if name == "seconds" else p["metrics"][name] for p in points]
+            ax.plot(xs, ys, marker="o", label=label)
+    lo = min((p["value"] for s in sweeps for p in s["points"]), default=1) if numeric else 0
+    hi = max((p["value"] for s in sweeps for p in s["points"]), default=1) if numeric else 0
+    for ax, name in zip(axes, (*metrics, "seconds")):
+        if numeric and lo > 0 and hi / lo >= 10:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(next(iter(keys)))
+        ax.set_ylabel(f"{name} (%)" if name != "seconds" else f"evaluation seconds ({sweeps[0].get('split', 'test')}, {sweeps[0].get('users', '?'):,} users)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"{next(iter(keys))}: accuracy and cost ({sweeps[0].get('split', 'test')} split)")
+    fig.tight_layout()
+    return _save(fig, out)

@@ -128,6 +128,21 @@ PRESETS: dict[str, Preset] = {
         (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.5), ("emb_dropout", 0.5), ("options", {"c": 3, "alpha": 0.7, "attn_dropout": 0.5})),
         "BSARec with the Toys settings of the BSARec reproducibility study (Hutter et al.): c = 3, alpha = 0.7, 1 head; otherwise as bsarec",
     ),
+    "dreamrec": Preset(
+        "dreamrec",
+        (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
+        "DreamRec with its authors' settings: d = 64, 1 block, 1 head, dropout 0.1, x0-MSE, exp schedule T = 200, guidance w = 2, p_uncond 0.1",
+    ),
+    "preferdiff": Preset(
+        "preferdiff",
+        (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.4, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 8.0}})),
+        "PreferDiff with its authors' Beauty settings on ID embeddings: d = 64, 1 block, 2 heads, lambda 0.4, gamma 5, w = 8, linear T = 2000, DDIM 21 steps",
+    ),
+    "preferdiff-toys": Preset(
+        "preferdiff",
+        (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.6, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 6.0}})),
+        "PreferDiff with its authors' Toys settings on ID embeddings: lambda 0.6, w = 6; otherwise as preferdiff",
+    ),
     "bsarec-sasrec": Preset(
         "bsarec",
         (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.5), ("emb_dropout", 0.5), ("options", {"c": 5, "alpha": 0.0, "attn_dropout": 0.5})),
@@ -166,6 +181,17 @@ RECIPES["fast-b1024"] = {"model": dict(RECIPES["fast"]["model"]), "train": {**RE
 RECIPES["bsarec"] = {
     "model": {},
     "train": {"examples": "prefix", "batch_size": 256, "lr": 5e-4, "epochs": 200, "eval_every": 1, "patience": 10, "lr_step": 200},
+}
+
+# DreamRec's training: every prefix, batch 256, Adam at a constant 5e-3; validation every 5 epochs (the authors run 1,000 epochs and validate every 10)
+RECIPES["dreamrec"] = {
+    "model": {},
+    "train": {"examples": "prefix", "batch_size": 256, "lr": 5e-3, "epochs": 100, "eval_every": 5, "patience": 4, "lr_step": 100},
+}
+# PreferDiff's training: every prefix, batch 256, Adam at 1e-4 after a 10,000-step warm-up, gradients clipped at 1, up to 150 epochs, patience 10
+RECIPES["preferdiff"] = {
+    "model": {},
+    "train": {"examples": "prefix", "batch_size": 256, "lr": 1e-4, "warmup_steps": 10000, "grad_clip": 1.0, "epochs": 150, "eval_every": 1, "patience": 10, "lr_step": 150},
 }
 
 #: Dataset-specific settings of the paper (max_len 200 for ML-1M).

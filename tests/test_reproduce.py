@@ -137,7 +137,7 @@ def test_every_preset_builds_under_every_recipe(name, recipe):
     assert config.model.model == PRESETS[name].model and config.train.seed == 3
     for key, value in RECIPES[recipe]["train"].items():
         assert getattr(config.train, key) == value
-    if sequence or recipe == "bsarec":  # SASRec's and BSARec's schedules: a constant learning rate over the whole budget
+    if sequence or recipe in ("bsarec", "dreamrec", "preferdiff"):  # these papers' schedules: a constant learning rate over the whole budget
         assert {step_lr(config.train, e) for e in range(config.train.epochs)} == {config.train.lr}
     elif recipe != "paper":
         assert config.train.lr_step < config.train.epochs  # the decay happens within the budget

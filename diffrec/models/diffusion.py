@@ -15,7 +15,10 @@ is checkpointed through ``nn.Module``'s extra-state hooks; and the RecBole-style
 - ``condition(batch)``: the history encoded into a condition c (any tensor or tuple);
 - ``denoiser(x_t, t, c, batch, generator, unconditional)``: f(x_t, t, c), an x_0 or eps
   prediction as ``settings.prediction_type`` says (``unconditional`` selects the null
-  condition of models with ``supports_guidance``, for classifier-free guidance);
+  condition of models with ``supports_guidance``, for classifier-free guidance). Training
+  applies the configured loss to x0_hat (an eps prediction converted), except that an eps
+  model with the ``mse`` loss trains DDPM's L_simple, MSE to the noise; the samplers always
+  receive x_0 estimates;
 - ``item_table()``: the (N + 1, d) item embeddings that give x_0 and score the rounding.
 
 ``target_x0`` and ``training_losses`` may be overridden (a model with its own objective,
@@ -33,7 +36,7 @@ from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
 from diffrec.models.base import Recommender
-from diffrec.params import PartRef, part_args, setting
+from diffrec.params import PartRef, part_args, part_name, setting
 from diffrec.registry import registry
 from diffrec.samplers import UniformSampler
 from diffrec.schedules import GaussianDiffusion
@@ -122,12 +125,16 @@ class DiffusionRecommender(Recommender):
         return self.diffusion.to_x0(prediction, x_t, t, self.settings.prediction_type)
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
+        """The configured loss of x0_hat; for an eps model with the ``mse`` loss, DDPM's L_simple (MSE to the noise, Ho et al. Eq. 14)."""
         c = self.condition(batch)
         x0 = self.target_x0(batch)  # (B, d)
         t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)  # (B,), (B,)
-        x_t = self.diffusion.add_noise(x0, torch.randn_like(x0), t)  # (B, d), DDPM Eq. 4
-        x0_hat = self.predict_x0(x_t, t, c, batch)
-        losses = self.training_losses(x0_hat, batch)
+        noise = torch.randn_like(x0)
+        x_t = self.diffusion.add_noise(x0, noise, t)  # (B, d), DDPM Eq. 4
+        if self.settings.prediction_type == "epsilon" and part_name(self.config.loss) == "mse":
+            losses = (self.denoiser(x_t, t, c, batch) - noise).pow(2).mean(-1)  # (B,)
+        else:
+            losses = self.training_losses(self.predict_x0(x_t, t, c, batch), batch)
         if losses.dim() == 0:
             return losses
         self.timestep_sampler.update(t, losses)
