@@ -133,6 +133,11 @@ PRESETS: dict[str, Preset] = {
         (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
         "DreamRec with its authors' settings: d = 64, 1 block, 1 head, dropout 0.1, x0-MSE, exp schedule T = 200, guidance w = 2, p_uncond 0.1",
     ),
+    "dreamrec-ce": Preset(
+        "dreamrec",
+        (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
+        "variant: dreamrec trained with DiffuRec's full-catalogue cross-entropy on x0_hat instead of its MSE",
+    ),
     "preferdiff": Preset(
         "preferdiff",
         (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.4, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 8.0}})),
