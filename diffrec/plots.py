@@ -104,7 +104,7 @@ def plot_summary(summary: dict, out: pathlib.Path, metrics: tuple[str, ...] = ("
 
 def _model_of(key: str) -> str:
     """The registered model behind a summary key (``sasrec-ce@fast`` -> ``sasrec``)."""
-    from diffrec.reproduce import PRESETS
+    from diffrec.presets import PRESETS
 
     preset = key.split("@")[0]
     return PRESETS[preset].model if preset in PRESETS else preset

@@ -57,7 +57,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` at every value of ``key``; the dataset is read once."""
     from diffrec.evaluation import evaluate
-    from diffrec.reproduce import git_sha, machine
+    from diffrec.runner import git_sha, machine
     from diffrec.trainer import load_run_model
 
     run = RunDir(checkpoint)

@@ -131,7 +131,7 @@ def short(value: Any, limit: int = 40) -> str:
         return repr(value)
     if isinstance(value, int):
         digits = len(str(value)) if value.bit_length() < 4000 else None
-        return str(value) if digits is not None and digits <= limit else f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+        return str(value) if digits is not None and digits <= limit else f"<{int(value.bit_length() * 0.30103) + 1} digits>"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (list, tuple, dict, set, frozenset)):
