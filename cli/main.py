@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from diffrec.cli import data_cmds, results  # noqa: F401  (register their commands)
+from diffrec.cli import data_cmds, results, study  # noqa: F401  (register their commands)
 from diffrec.cli.common import (
     DATA_OPTIONS,
     app,

@@ -110,6 +110,8 @@ def plot(
     run: list[pathlib.Path] = typer.Option([], "--run", help="A run directory; repeat to overlay several runs."),
     summary: Optional[pathlib.Path] = typer.Option(None, "--summary", help="A reproduction summary (benchmarks/results/<dataset>.json) to plot instead of runs."),
     sweep: list[pathlib.Path] = typer.Option([], "--sweep", help="A sweep of `diffrec evaluate --save-sweep`; repeat to overlay several runs' sweeps."),
+    schedules: bool = typer.Option(False, "--schedules", help="Draw abar_t of every registered schedule (the paper's Figure 4); needs --out."),
+    steps: int = typer.Option(32, help="With --schedules: the number of diffusion steps T."),
     out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary or one --sweep: beside it, .png)."),
     force: bool = typer.Option(False, "--force", help="Replace the PNG (only one that diffrec drew)."),
 ) -> None:
@@ -119,8 +121,18 @@ def plot(
     from diffrec.plots import is_diffrec_png, plot_runs, plot_summary, plot_sweeps
     from diffrec.sweep import load_sweep
 
-    if sum((bool(run), summary is not None, bool(sweep))) != 1:
-        raise DiffrecError("give either --run (one or more), --summary or --sweep (one or more)")
+    if sum((bool(run), summary is not None, bool(sweep), schedules)) != 1:
+        raise DiffrecError("give either --run (one or more), --summary, --sweep (one or more) or --schedules")
+    if schedules:
+        from diffrec.analysis_plots import schedule_figure
+
+        if out is None:
+            raise DiffrecError("--schedules needs --out FILE.png")
+        if steps < 1:
+            raise DiffrecError(f"--steps must be >= 1, got {steps}")
+        check_overwrite(out, force, is_diffrec_png, "plot")
+        console.print(f"wrote {schedule_figure(steps, out)}", highlight=False)
+        return
     if sweep:
         sweeps = [load_sweep(path) for path in sweep]
         if out is None and len(sweep) > 1:
@@ -174,3 +186,4 @@ def bench_kernels(
         from diffrec.files import atomic_write
 
         atomic_write(output_json, json.dumps(rows, indent=2) + "\n")
+

@@ -24,12 +24,14 @@ def parameters(kind: str, name: str) -> dict[str, Param]:
     return registry(kind).params(name)
 
 
-def rows() -> list[tuple[str, str, str, str]]:
-    """(registry, name, parameters, description) for every registered part, built-in parts first."""
+def rows(builtin_only: bool = True) -> list[tuple[str, str, str, str]]:
+    """(registry, name, parameters, description) for every registered part (built-in ones only by default)."""
     load_builtin_parts()
     out = []
     for kind in KINDS:
         for name in registry(kind).names():
+            if builtin_only and not getattr(registry(kind).get(name), "__module__", "").startswith("diffrec."):
+                continue  # a plugin's part
             params = "; ".join(p.describe() for p in parameters(kind, name).values())
             out.append((kind, name, params, registry(kind).describe(name)))
     return out

@@ -185,7 +185,7 @@ class ModelConfig:
         settings = cls.Settings(**complete)  # the settings' own range checks
         check = getattr(cls, "check_settings", None)
         if callable(check):
-            check(settings)  # checks that need the model (a part it cannot use)
+            check(settings, self)  # checks that need the model and the shared fields (a part it cannot use)
         object.__setattr__(self, "settings", complete)
 
 

@@ -38,7 +38,6 @@ from diffrec.errors import ConfigError
 from diffrec.models.base import Recommender
 from diffrec.params import PartRef, part_args, part_name, setting
 from diffrec.registry import registry
-from diffrec.samplers import UniformSampler
 from diffrec.schedules import GaussianDiffusion
 
 
@@ -75,15 +74,15 @@ class DiffusionRecommender(Recommender):
         self.loss_fn = registry("loss").build(config.loss, over_padding=config.ce_over_padding, backend=self.backend, config=config)
         self.rounding = registry("rounding").build(s.rounding, backend=self.backend, config=config)
         self.timestep_sampler = registry("timestep_sampler").build(s.timestep_sampler, num_steps=s.diffusion_steps)
-        if not getattr(self.loss_fn, "per_example", True) and not isinstance(self.timestep_sampler, UniformSampler):
-            raise ConfigError(f"the {config.loss} loss gives only a batch mean; the {s.timestep_sampler} sampler needs per-example losses")
         self.reverse_sampler = registry("reverse_sampler").build(s.reverse_sampler, config=config)
 
     @classmethod
-    def check_settings(cls, settings: DiffusionSettings) -> None:
-        """Refuse classifier-free guidance for a model without an unconditional branch."""
+    def check_settings(cls, settings: DiffusionSettings, config: ModelConfig) -> None:
+        """Refuse guidance without an unconditional branch, and a batch-mean loss with a learning timestep sampler."""
         if part_args(settings.reverse_sampler).get("guidance", 0.0) and not cls.supports_guidance:
             raise ConfigError(f"model {cls.registry_name} has no unconditional branch; classifier-free guidance needs one (set guidance = 0)")
+        if part_name(config.loss) == "ce_fused" and part_name(settings.timestep_sampler) != "uniform":
+            raise ConfigError(f"the {part_name(config.loss)} loss gives only a batch mean; the {part_name(settings.timestep_sampler)} sampler needs per-example losses")
 
     @property
     def reverse_sampler(self) -> Any:

@@ -1,0 +1,300 @@
+"""``diffrec ablate``: a grid of settings x seeds, trained through the shared runner, with statistics.
+
+An axis is any ``--set`` key (a part, a part's parameter, a model setting or a config field)
+with a list of values; the cells are the cross product. Axes that only change inference
+(the reverse sampler and its parameters, the rounding, evaluation settings) do not retrain:
+cells that differ only in them share one trained run per seed, whose best weights are
+re-evaluated for each (cached). Every training is one run directory under
+``OUT/runs/<cell>/seed<N>`` and goes through :func:`diffrec.runner.run_one`, so finished runs
+are reused, unfinished ones resumed, and two processes can share a grid (a run another
+process holds is skipped and reported). A cell whose combination is invalid is refused with
+its reason while the others go on.
+
+The summary (``ablation.json``) has per cell the per-seed metrics, mean, standard deviation
+and 95% interval of every metric, and against the reference cell the difference, a paired
+t-test over the seeds both ran and Holm-corrected p-values (over the cells, per metric).
+:mod:`diffrec.ablation_report` writes ``ablation.md`` and the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import pathlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffrec import checkpoint as ckpt
+from diffrec.config import RunConfig
+from diffrec.errors import DiffrecError
+from diffrec.overrides import apply_override
+from diffrec.presets import RECIPES
+from diffrec.runner import git_sha, machine, reevaluate, run_one
+from diffrec.stats import METRICS, aggregate, ci95, holm, paired_t_test
+
+#: settings that only inference uses: cells that differ only in them share their training
+INFERENCE_SETTINGS = ("reverse_sampler", "rounding")
+#: grids with more trainings than this need ``yes=True`` (``--yes``)
+LARGE_GRID = 100
+
+
+@dataclass
+class Axis:
+    key: str
+    values: list[str]
+
+    @property
+    def inference_only(self) -> bool:
+        head = self.key.split(".")
+        head = head[1:] if head[0] == "model" and len(head) > 1 else head
+        return head[0] in INFERENCE_SETTINGS or self.key.split(".")[0] == "eval"
+
+
+@dataclass
+class Cell:
+    assignments: dict[str, str]
+    train: dict[str, str]
+    config: RunConfig | None = None
+    #: the config the cell trains with: the base plus its training assignments only
+    train_config: RunConfig | None = None
+    refused: str | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.assignments.items()) or "base"
+
+
+def parse_grid(texts: list[str]) -> list[Axis]:
+    """``KEY=V1,V2,...`` strings -> axes; an empty list, a repeated axis or value is an error."""
+    if not texts:
+        raise DiffrecError("give at least one --grid KEY=V1,V2,...")
+    axes: list[Axis] = []
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        key, values = key.strip(), [v.strip() for v in raw.split(",")]
+        if not sep or not key:
+            raise DiffrecError(f"--grid takes KEY=V1,V2,... (e.g. schedule=trunc_lin,cosine), got {text!r}")
+        if not raw.strip() or any(not v for v in values):
+            raise DiffrecError(f"--grid {key}: an empty value list or an empty value")
+        if len(set(values)) != len(values):
+            raise DiffrecError(f"--grid {key}: a value is given twice")
+        if any(a.key == key for a in axes):
+            raise DiffrecError(f"--grid {key} is given twice; give all its values in one --grid")
+        axes.append(Axis(key, values))
+    return axes
+
+
+def parse_reference(text: str | None, axes: list[Axis]) -> dict[str, str] | None:
+    if text is None:
+        return None
+    pairs = dict(p.strip().partition("=")[::2] for p in text.split(",") if p.strip())
+    wanted = {a.key for a in axes}
+    if set(pairs) != wanted or any(pairs[a.key] not in a.values for a in axes):
+        cells = "; ".join(", ".join(f"{a.key}={v}" for a, v in zip(axes, combo)) for combo in itertools.product(*(a.values for a in axes)))
+        raise DiffrecError(f"--reference {text!r} is not a cell of the grid; valid cells: {cells[:400]}")
+    return {a.key: pairs[a.key] for a in axes}
+
+
+def base_config(data: str, base: pathlib.Path | None, recipe: str, sets: list[str], epochs: int | None, threads: int | None) -> RunConfig:
+    """The config every cell starts from: ``base`` (or the defaults), the recipe, then ``sets``."""
+    config = RunConfig.load(base) if base is not None else RunConfig()
+    if recipe not in RECIPES:
+        raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
+    config.data.path = data
+    declared = config.model.declared()
+    for key, value in RECIPES[recipe]["model"].items():
+        if key in declared:
+            setattr(config.model, key, value)
+    for key, value in RECIPES[recipe]["train"].items():
+        setattr(config.train, key, value)
+    for text in sets:
+        apply_override(config, *text.partition("=")[::2])
+    if epochs is not None:
+        config.train.epochs = epochs
+    if threads is not None:
+        config.train.num_threads = threads
+    return config.validate()
+
+
+def _with(config: RunConfig, assignments: dict[str, str]) -> RunConfig:
+    out = copy.deepcopy(config)
+    for key, value in assignments.items():
+        apply_override(out, key, value)
+    return out.validate()
+
+
+def build_cells(base: RunConfig, axes: list[Axis]) -> list[Cell]:
+    """The cross product of the axes; each value must be valid on its own (else an input error),
+    and a combination that is not is a refused cell."""
+    for axis in axes:
+        for value in axis.values:
+            try:
+                _with(base, {axis.key: value})
+            except DiffrecError as exc:
+                raise DiffrecError(f"--grid {axis.key}={value}: {exc}") from None
+    cells = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        assignments = {a.key: v for a, v in zip(axes, combo)}
+        train = {a.key: v for a, v in zip(axes, combo) if not a.inference_only}
+        cell = Cell(assignments, train)
+        try:
+            cell.config = _with(base, assignments)
+            cell.train_config = _with(base, train)
+        except DiffrecError as exc:
+            cell.refused = str(exc)
+        cells.append(cell)
+    return cells
+
+
+def slug(assignments: dict[str, str]) -> str:
+    """A folder name for a set of assignments (``base`` for none)."""
+    text = "+".join(f"{k}={v}" for k, v in assignments.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)[:200]
+
+
+def _train_job(job: tuple[dict[str, Any], str, str, str, bool]) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Train one (cell, seed) run in a worker process: (run dir, final metrics or None, error or None)."""
+    from diffrec.data.source import open_dataset
+
+    raw, run_dir, data_path, label, progress = job
+    try:
+        config = RunConfig.from_dict(raw).validate()
+        final = run_one(config, pathlib.Path(run_dir), open_dataset(config.data), data_path, label=label, show_progress=progress)
+        return run_dir, final, None
+    except DiffrecError as exc:
+        return run_dir, None, str(exc)
+
+
+def ablate(
+    cells: list[Cell],
+    seeds: list[int],
+    out: pathlib.Path,
+    *,
+    reference: dict[str, str] | None,
+    jobs: int = 1,
+    command: str = "",
+    show_progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate every cell over ``seeds``; write and return ``OUT/ablation.json``."""
+    from diffrec.data.source import open_dataset
+
+    started = time.perf_counter()
+    valid = [c for c in cells if c.refused is None]
+    for cell in cells:
+        if cell.refused is not None:
+            log(f"{cell.name}: refused ({cell.refused})")
+    if not valid:
+        raise DiffrecError("every cell of the grid is refused; nothing to train")
+    data = open_dataset(valid[0].config.data)  # type: ignore[union-attr]
+    trainings: dict[tuple[str, int], RunConfig] = {}
+    for cell in valid:
+        for seed in seeds:
+            config = copy.deepcopy(cell.train_config)
+            config.train.seed = seed  # type: ignore[union-attr]
+            trainings.setdefault((slug(cell.train), seed), config)
+    results, busy, failed = _run_trainings(trainings, out, data, jobs, show_progress, log)
+    for cell in valid:
+        for seed in seeds:
+            run_dir = out / "runs" / slug(cell.train) / f"seed{seed}"
+            final = results.get(str(run_dir))
+            if str(run_dir) in failed:
+                cell.refused = f"seed {seed}: {failed[str(run_dir)]}"
+            if final is None:
+                continue
+            if cell.config.to_dict() != cell.train_config.to_dict():  # type: ignore[union-attr]  # inference-only changes: evaluate the shared weights
+                cache = ckpt.RunDir(out / "evals" / slug(cell.assignments) / f"seed{seed}")
+                earlier = cache.read_json(ckpt.FINAL) if cache.file(ckpt.FINAL).is_file() else {}
+                config = copy.deepcopy(cell.config)
+                config.train.seed = seed
+                final = reevaluate(run_dir, config, data, cache, earlier, label=f"{cell.name} seed {seed}", log=log)
+            cell.runs.append({"seed": seed, "run_dir": str(run_dir), "valid": final["valid"], "test": final["test"], "epochs_run": final.get("epochs_run"), "wall_seconds": final.get("wall_seconds")})
+    summary = summarise(cells, seeds, reference, busy)
+    summary.update(command=command, git_sha=git_sha(), machine=machine(), wall_seconds=time.perf_counter() - started, dataset=str(valid[0].config.data.path))  # type: ignore[union-attr]
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(out / "ablation.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+def _run_trainings(
+    trainings: dict[tuple[str, int], RunConfig], out: pathlib.Path, data: Any, jobs: int, show_progress: bool, log: Callable[[str], None]
+) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, str]]:
+    """Train every distinct run (``jobs`` at a time in worker processes). Runs held by another process
+    are skipped (``busy``); a run that fails (diverges, refuses its data) is reported with its reason."""
+    results: dict[str, dict[str, Any]] = {}
+    busy: list[str] = []
+    failed: dict[str, str] = {}
+    items = [(out / "runs" / name / f"seed{seed}", config, f"{name} seed {seed}") for (name, seed), config in trainings.items()]
+    if jobs <= 1:
+        for run_dir, config, label in items:
+            try:
+                results[str(run_dir)] = run_one(config, run_dir, data, config.data.path, label=label, show_progress=show_progress, log=log)
+            except DiffrecError as exc:
+                if "in use by another process" in str(exc):
+                    log(f"{label}: skipped, {exc}")
+                    busy.append(str(run_dir))
+                else:
+                    log(f"{label}: failed, {exc}")
+                    failed[str(run_dir)] = str(exc)
+        return results, busy, failed
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = [pool.submit(_train_job, (config.to_dict(), str(run_dir), config.data.path, label, False)) for run_dir, config, label in items]
+        for future in concurrent.futures.as_completed(futures):
+            run_dir, final, error = future.result()
+            if error is None:
+                results[run_dir] = final  # type: ignore[assignment]
+            elif "in use by another process" in error:
+                log(f"{run_dir}: skipped, {error}")
+                busy.append(run_dir)
+            else:
+                log(f"{run_dir}: failed, {error}")
+                failed[run_dir] = error
+    return results, busy, failed
+
+
+def summarise(cells: list[Cell], seeds: list[int], reference: dict[str, str] | None, busy: list[str]) -> dict[str, Any]:
+    """Per cell: runs, mean / std / 95% interval per metric; against the reference: differences,
+    paired t-tests and Holm-corrected p-values per metric."""
+    entries: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        entry: dict[str, Any] = {"assignments": cell.assignments, "status": "refused" if cell.refused and not cell.runs else ("ok" if cell.runs else "incomplete")}
+        if cell.refused:
+            entry["reason"] = cell.refused
+        entry["runs"] = cell.runs
+        if cell.runs:
+            entry["test"] = aggregate([r["test"] for r in cell.runs])
+            entry["valid"] = aggregate([r["valid"] for r in cell.runs])
+            for metric in METRICS:
+                interval = ci95([r["test"][metric] for r in cell.runs])
+                entry["test"][metric]["ci95"] = list(interval) if interval else None
+        entries[cell.name] = entry
+    ref_name = None
+    if reference is not None:
+        ref_name = ", ".join(f"{k}={v}" for k, v in reference.items()) or "base"
+        ref = entries.get(ref_name)
+        if ref is not None and ref.get("runs"):
+            by_seed = {r["seed"]: r for r in ref["runs"]}
+            raw: dict[str, dict[str, float | None]] = {m: {} for m in METRICS}
+            for name, entry in entries.items():
+                if name == ref_name or not entry.get("runs"):
+                    continue
+                pairs = [(by_seed[r["seed"]], r) for r in entry["runs"] if r["seed"] in by_seed]
+                entry["vs_reference"] = {
+                    m: {"difference": entry["test"][m]["mean"] - ref["test"][m]["mean"], "shared_seeds": len(pairs), "p": paired_t_test([b["test"][m] for _, b in pairs], [a["test"][m] for a, _ in pairs])}
+                    for m in METRICS
+                }
+                for m in METRICS:
+                    raw[m][name] = entry["vs_reference"][m]["p"]
+            for m in METRICS:
+                for name, p in holm(raw[m]).items():
+                    entries[name]["vs_reference"][m]["p_holm"] = p
+    return {"kind": "diffrec ablation", "seeds": seeds, "reference": ref_name, "cells": entries, "busy": busy, "unit": "percent"}

@@ -1,0 +1,92 @@
+"""``diffrec ablate`` through the console script: a tiny grid on the synthetic data, reuse, refused cells, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+EXE = shutil.which("diffrec")
+CMD = [EXE] if EXE else [sys.executable, "-m", "diffrec.cli.main"]
+TINY = ["--set", "hidden_size=16", "--set", "num_blocks=1", "--set", "num_heads=2", "--set", "max_len=12", "--set", "eval_every=1", "--epochs", "1", "--threads", "1", "-q"]
+
+
+def diffrec(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLCONFIGDIR": str(pathlib.Path("/tmp"))}
+    return subprocess.run([*CMD, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "grid"
+    args = ["ablate", "--out", out, "--grid", "delta=0.001,0.01", "--grid", "reverse_sampler=ddpm,one_step", "--seeds", "2", "--recipe", "fast",
+            "--reference", "delta=0.001,reverse_sampler=ddpm", *TINY]  # fmt: skip
+    proc = diffrec(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, args, proc
+
+
+def test_a_grid_writes_its_summary_table_and_figures(grid):
+    out, _, proc = grid
+    summary = json.loads((out / "ablation.json").read_text())
+    assert len(summary["cells"]) == 4 and summary["reference"] == "delta=0.001, reverse_sampler=ddpm"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["delta=0.001", "delta=0.01"], "inference-only axes share the trainings"
+    for name, cell in summary["cells"].items():
+        assert cell["status"] == "ok" and [r["seed"] for r in cell["runs"]] == [1997, 1998]
+        interval = cell["test"]["NDCG@10"]["ci95"]
+        assert interval[0] <= cell["test"]["NDCG@10"]["mean"] <= interval[1]
+        for metric in ("HR@10", "NDCG@10"):
+            for key in ("p", "p_holm"):
+                p = cell.get("vs_reference", {}).get(metric, {}).get(key)
+                assert p is None or 0.0 <= p <= 1.0
+    assert "| delta=0.001, reverse_sampler=ddpm | 2 |" in (out / "ablation.md").read_text()
+    for png in ("ablation_HR10.png", "ablation_NDCG10.png", "ablation_delta.png", "ablation_heatmap.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "ablation (2 seeds" in proc.stdout
+
+
+def test_a_second_invocation_reuses_every_run(grid):
+    out, args, _ = grid
+    before = json.loads((out / "ablation.json").read_text())
+    proc = diffrec(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training in" not in proc.stdout and "re-evaluating" not in proc.stdout
+    assert proc.stdout.count("reusing") == 2 * 2 + 2 * 2  # 4 trainings and the 4 cached re-evaluations
+    after = json.loads((out / "ablation.json").read_text())
+    assert {n: c["test"] for n, c in after["cells"].items()} == {n: c["test"] for n, c in before["cells"].items()}
+
+
+def test_an_invalid_combination_is_refused_and_the_others_go_on(tmp_path):
+    out = tmp_path / "refused"
+    proc = diffrec("ablate", "--out", out, "--grid", "loss=ce,ce_fused", "--grid", "timestep_sampler=uniform,loss_aware", "--seeds", "1", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cells = json.loads((out / "ablation.json").read_text())["cells"]
+    assert cells["loss=ce_fused, timestep_sampler=loss_aware"]["status"] == "refused"
+    assert "per-example" in cells["loss=ce_fused, timestep_sampler=loss_aware"]["reason"]
+    assert sum(c["status"] == "ok" for c in cells.values()) == 3
+
+
+@pytest.mark.parametrize(
+    "grid_args, message",
+    [
+        (["--grid", "shedule=cosine"], "unknown key 'shedule'"),
+        (["--grid", "schedule=cosin"], "--grid schedule=cosin: unknown schedule 'cosin'; valid choices"),
+        (["--grid", "schedule="], "an empty value list"),
+        (["--grid", "schedule=cosine", "--grid", "schedule=linear"], "--grid schedule is given twice"),
+        (["--grid", "schedule=cosine,cosine"], "a value is given twice"),
+        (["--grid", "schedule=cosine,linear", "--reference", "schedule=sqrt"], "is not a cell of the grid"),
+        (["--grid", "delta=0.1,0.2,0.3,0.4,0.5,0.6", "--grid", "dropout=0.1,0.2,0.3,0.4", "--seeds", "5"], "the grid needs 120 trainings; pass --yes"),
+        ([], "give at least one --grid"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, grid_args, message):
+    out = tmp_path / "bad"
+    proc = diffrec("ablate", "--out", out, *grid_args, *TINY)
+    assert proc.returncode == 2, proc.stdout[-500:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not out.exists()
