@@ -89,9 +89,18 @@ class EvalConfig:
     seed: int = 0
     #: drop each user's history items from the ranking (not the paper's protocol)
     exclude_history: bool = False
+    #: rank by streaming over item tiles, never a users x items score matrix: "auto" (above
+    #: STREAM_ABOVE items, for models that score by inner products), "always" or "never"
+    stream: str = "auto"
+    #: items per tile of the streamed ranking
+    tile: int = 65536
 
     def validate(self) -> None:
         _check_finite(self, "eval")
+        if self.stream not in ("auto", "always", "never"):
+            raise DiffrecError(f"unknown stream setting {self.stream!r}; valid choices: auto, always, never")
+        if self.tile < 1:
+            raise DiffrecError(f"eval tile must be >= 1, got {self.tile}")
         if self.protocol not in EVAL_PROTOCOLS:
             raise DiffrecError(f"unknown evaluation protocol {self.protocol!r}; valid choices: {', '.join(EVAL_PROTOCOLS)}")
         if not self.ks or min(self.ks) < 1:

@@ -6,6 +6,12 @@ id 0 is ranked like an item and metrics are averaged per batch (batches of
 ``EvalConfig.batch_size`` users in dataset order). The reverse process is
 driven by a generator seeded with ``EvalConfig.seed``, so evaluating the same
 weights twice prints the same numbers.
+
+Models whose scores are inner products (every baseline; the diffusion models with
+any registered rounding) can be ranked without a users x items matrix: the target's
+rank is streamed over item tiles (:mod:`diffrec.streaming`) and ``--save-topk`` takes
+the streamed top-K. ``EvalConfig.stream`` chooses: "auto" streams above
+:data:`STREAM_ABOVE` items, "always" and "never" force it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,17 @@ def is_topk_file(path) -> bool:
     from diffrec.files import read_head
 
     return read_head(path, len(TOPK_HEADER)) == TOPK_HEADER.encode()
+
+
+#: catalogues larger than this are ranked by streaming when ``EvalConfig.stream`` is "auto"
+STREAM_ABOVE = 200_000
+
+
+def streams(model: Recommender, data: SequenceData, config: EvalConfig) -> bool:
+    """Whether this evaluation ranks by streaming over item tiles."""
+    if config.stream == "never" or type(model).full_sort_queries is Recommender.full_sort_queries:
+        return False
+    return config.stream == "always" or data.num_items > STREAM_ABOVE
 
 
 @dataclass
@@ -72,22 +89,20 @@ def evaluate(
     all_topk, all_users = [], []
     num_batches = (len(inputs) + config.batch_size - 1) // config.batch_size
     batches = inputs.batches(config.batch_size, bucketing=not official, trim=model.trims_padding_exactly)
+    streamed = streams(model, data, config)
     for batch in progress_bar(batches, total=num_batches, description=f"eval {split}", enabled=show_progress):
         batch = batch.to(device)
-        scores = model.full_sort_predict(batch, gen).float()  # (B, N + 1)
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError("the model produced non-finite scores")
-        if not official:
-            scores[:, 0] = float("-inf")
-        if config.exclude_history:
-            for row, hist in enumerate(inputs.history(batch.users.cpu().numpy())):
-                scores[row, torch.as_tensor(hist, device=device)] = float("-inf")
-        values = metrics_from_ranks(target_ranks(scores, batch.target), config.ks)
+        history = inputs.history(batch.users.cpu().numpy()) if config.exclude_history else None
+        if streamed:
+            ranks, top = _streamed(model, batch, gen, official, history, config.tile, save_topk)
+        else:
+            ranks, top = _dense(model, batch, gen, official, history, save_topk)
+        values = metrics_from_ranks(ranks, config.ks)
         for key, v in values.items():
             per_user[key].append(v.cpu())
             batch_means[key].append(float(v.mean()))
         if save_topk:
-            all_topk.append(torch.topk(scores, save_topk, dim=1).indices.cpu())
+            all_topk.append(top.cpu())
             all_users.append(batch.users.cpu())
     model.train(was_training)
     if official:
@@ -101,3 +116,38 @@ def evaluate(
         result.topk = torch.cat(all_topk).numpy()[order]
         result.users = users[order]
     return result
+
+
+def _dense(model: Recommender, batch, gen, official: bool, history, save_topk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target ranks (and top-K) from the full (B, N + 1) score matrix."""
+    scores = model.full_sort_predict(batch, gen).float()  # (B, N + 1)
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError("the model produced non-finite scores")
+    if not official:
+        scores[:, 0] = float("-inf")
+    if history is not None:
+        for row, hist in enumerate(history):
+            scores[row, torch.as_tensor(hist, device=scores.device)] = float("-inf")
+    top = torch.topk(scores, save_topk, dim=1).indices if save_topk else None
+    return target_ranks(scores, batch.target), top
+
+
+def _streamed(model: Recommender, batch, gen, official: bool, history, tile: int, save_topk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Target ranks (and top-K) streamed over item tiles: never (B, N + 1)."""
+    from diffrec.kernels import inner_product_topk
+    from diffrec.streaming import streamed_ranks
+
+    queries, table = model.full_sort_queries(batch, gen)  # type: ignore[misc]
+    queries, table = queries.float(), table.float()
+    if not (torch.isfinite(queries).all() and torch.isfinite(table).all()):
+        raise FloatingPointError("the model produced non-finite scores")
+    ranks = streamed_ranks(queries, table, batch.target, skip_padding=not official, exclude=history, tile=tile)
+    top = None
+    if save_topk:
+        rows = [([0] if not official else []) + list(h) for h in (history or [[] for _ in range(len(batch))])]
+        width = max(1, max(len(r) for r in rows))
+        exclude = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            exclude[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        _, top = inner_product_topk(queries.contiguous(), table.contiguous(), save_topk, exclude=exclude.to(queries.device), backend="torch")
+    return ranks, top

@@ -23,6 +23,11 @@ class Rounding(Protocol):
 
     def topk(self, x0: torch.Tensor, item_weight: torch.Tensor, k: int, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def as_inner_product(self, x0: torch.Tensor, item_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries (B, d'), table (N + 1, d')) whose inner products rank items as ``scores`` does,
+        so that evaluation can stream over item tiles instead of building (B, N + 1)."""
+        ...
+
 
 class _DenseTopK:
     """top-K from the full score matrix; ``exclude`` (B, L) ids (0 = padding, always excluded)."""
@@ -48,6 +53,9 @@ class InnerProductRounding:
     def scores(self, x0: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
         return x0 @ item_weight.t()  # (B, N + 1)
 
+    def as_inner_product(self, x0: torch.Tensor, item_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x0, item_weight
+
 
 @register("rounding", "l2")
 class L2Rounding(_DenseTopK):
@@ -57,6 +65,11 @@ class L2Rounding(_DenseTopK):
         sq = x0.pow(2).sum(-1, keepdim=True) + item_weight.pow(2).sum(-1).unsqueeze(0) - 2.0 * (x0 @ item_weight.t())
         return -sq.clamp_min(0.0)  # (B, N + 1)
 
+    def as_inner_product(self, x0: torch.Tensor, item_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-||x - e||^2 ranks as x . e - ||e||^2 / 2 = [x, 1] . [e, -||e||^2 / 2]."""
+        ones = torch.ones_like(x0[:, :1])
+        return torch.cat([x0, ones], -1), torch.cat([item_weight, -0.5 * item_weight.pow(2).sum(-1, keepdim=True)], -1)
+
 
 @register("rounding", "cosine")
 class CosineRounding(_DenseTopK):
@@ -64,3 +77,6 @@ class CosineRounding(_DenseTopK):
 
     def scores(self, x0: torch.Tensor, item_weight: torch.Tensor) -> torch.Tensor:
         return F.normalize(x0, dim=-1) @ F.normalize(item_weight, dim=-1).t()  # (B, N + 1)
+
+    def as_inner_product(self, x0: torch.Tensor, item_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(x0, dim=-1), F.normalize(item_weight, dim=-1)

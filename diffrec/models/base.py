@@ -63,6 +63,12 @@ class Recommender(nn.Module):
     def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def full_sort_queries(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(queries (B, d'), table (N + 1, d')) whose inner products are the scores of ``full_sort_predict``
+        (drawing the same random numbers), for a ranking streamed over item tiles; None where the
+        model's scores are not inner products."""
+        return None
+
     def predict(self, batch: Batch, items: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scores of candidate ids ``items`` (B, C); by default gathered from the full ranking."""
         return self.full_sort_predict(batch, generator).gather(1, items)  # (B, C)

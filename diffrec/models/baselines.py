@@ -147,6 +147,10 @@ class BaselineRecommender(Recommender):
     def full_sort_predict(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.query(batch) @ self.item_table().t()  # (B, N + 1)
 
+    @torch.no_grad()
+    def full_sort_queries(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query(batch), self.item_table()
+
 
 def window_positions(batch: Batch, extra: int = 0) -> torch.Tensor:
     """Position ids of the batch columns (plus ``extra`` appended ones) in the full max_len window: (B, L + extra)."""

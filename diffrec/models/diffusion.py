@@ -156,6 +156,13 @@ class DiffusionRecommender(Recommender):
         return self.rounding.scores(self.reverse(batch, generator), self.item_table())  # (B, N + 1)
 
     @torch.no_grad()
+    def full_sort_queries(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        as_inner_product = getattr(self.rounding, "as_inner_product", None)
+        if as_inner_product is None:
+            return None
+        return as_inner_product(self.reverse(batch, generator), self.item_table())
+
+    @torch.no_grad()
     def recommend(self, batch: Batch, k: int, exclude: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rounding.topk(self.reverse(batch, generator), self.item_table(), k, exclude)
 
