@@ -242,7 +242,7 @@ def test_prepare_writes_once_reuses_and_guards_its_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no staging folder left"
     mine = tmp_path / "mine"
     write(mine / "notes.txt", "keep")
-    with pytest.raises(DiffrecError, match="not a folder that diffrec data prepare wrote"):
+    with pytest.raises(DiffrecError, match="not a folder that diffrec data prepare or synth wrote"):
         prepare(raw, mine, DataConfig(min_core=2), force=True)
     assert (mine / "notes.txt").read_text() == "keep"
     lines = (out / "sequences.txt").read_text().splitlines()
@@ -269,3 +269,25 @@ def test_prepare_from_the_command_line(tmp_path):
     assert json.loads(stats.stdout)["users"] == 3
     result = runner.invoke(app, ["data", "stats", str(raw), "--min-core", "2", "--delimiter", ";"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_data_synth_writes_a_zipf_catalogue_that_loads_with_every_item(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffrec.cli.main import app
+    from diffrec.data.synthetic import make_synthetic
+
+    runner = CliRunner()
+    out = tmp_path / "synth"
+    result = runner.invoke(app, ["data", "synth", "--users", "300", "--items", "5000", "--out", str(out), "--zipf", "1.2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    data = load_dataset(out)
+    assert data.num_items == 5000 and data.num_users == 300, "items no sequence holds still belong to the catalogue"
+    counts = data.item_counts()
+    assert counts[1:51].sum() > counts[-50:].sum() * 5, "Zipf: the low ids are the popular ones"
+    assert data.sequences == make_synthetic(300, 5000, 3, zipf=1.2).sequences
+    again = runner.invoke(app, ["data", "synth", "--users", "30", "--items", "100", "--out", str(out)])
+    assert again.exit_code == 2 and "exists and is not empty" in again.stderr
+    assert runner.invoke(app, ["data", "synth", "--users", "30", "--items", "100", "--out", str(out), "--force"]).exit_code == 0
+    assert load_dataset(out).num_items == 100
+    assert make_synthetic(50, 40, 1).sequences == make_synthetic(50, 40, 1, zipf=0.0).sequences, "zipf 0 is the data it always was"

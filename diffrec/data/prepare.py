@@ -30,6 +30,8 @@ from diffrec.files import atomic_write, is_temp_name, make_dirs, os_error, remov
 SEQUENCES = "sequences.txt"
 #: everything ``prepare`` writes into its folder
 PREPARED_FILES = frozenset({SEQUENCES, ITEM_MAP, USER_MAP, PREPARED})
+#: the commands whose folders ``--force`` may replace
+WRITERS = ("diffrec data prepare", "diffrec data synth")
 #: the DataConfig fields that decide what a prepared folder holds
 LOADER_FIELDS = ("format", "delimiter", "user_column", "item_column", "time_column", "header", "min_core", "min_length", "drop_short")
 
@@ -57,7 +59,7 @@ def _record(folder: pathlib.Path) -> dict[str, Any] | None:
         record = json.loads((folder / PREPARED).read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("written_by") == "diffrec data prepare" else None
+    return record if isinstance(record, dict) and record.get("written_by") in WRITERS else None
 
 
 def prepare(raw: str | os.PathLike[str], out: pathlib.Path, config: DataConfig | None = None, *, force: bool = False) -> tuple[dict[str, Any], bool]:
@@ -68,25 +70,41 @@ def prepare(raw: str | os.PathLike[str], out: pathlib.Path, config: DataConfig |
     options = {key: getattr(config, key) for key in LOADER_FIELDS}
     options["format"] = data_format.registry_name
     wanted = {"source_sha256": file_checksum(source), "options": options}
-    if os.path.lexists(out):
-        if not out.is_dir():
-            raise DiffrecError(f"{out} exists and is not a folder")
-        entries = _entries(out)
-        record = _record(out) if entries else None
+    if os.path.lexists(out) and out.is_dir() and _entries(out):
+        record = _record(out)
         if record is not None and all(record.get(k) == v for k, v in wanted.items()) and _intact(out, record):
             return record, True
-        if entries and not force:
-            why = "was prepared from other data or with other options" if record is not None else "exists and is not empty"
-            raise DiffrecError(f"{out} {why} (use --force to replace a folder that diffrec data prepare wrote)")
-        if entries:
-            foreign = [name for name in entries if name not in PREPARED_FILES or (out / name).is_dir()]
-            if record is None or foreign:
-                held = ", ".join((foreign or entries)[:5])
-                raise DiffrecError(f"refusing to replace {out}: it is not a folder that diffrec data prepare wrote (it holds {held})")
+        if record is not None and not force:
+            raise DiffrecError(f"{out} was prepared from other data or with other options (use --force to replace a folder that diffrec wrote)")
+    _check_target(out, force)
     data = load_dataset(source, config)
     if data.num_users == 0:  # pragma: no cover (loaders refuse empty data)
         raise DataError(f"{source}: no users")
-    return _write(out, source, data, wanted), False
+    return _write(out, data, {"written_by": "diffrec data prepare", "source": str(source.resolve()), **wanted}), False
+
+
+def synthesize(out: pathlib.Path, data: SequenceData, params: dict[str, Any], *, force: bool = False) -> dict[str, Any]:
+    """Write a synthetic dataset (``diffrec data synth``) as a prepared folder; ``force`` replaces only
+    a folder that ``data prepare`` or ``data synth`` wrote."""
+    _check_target(out, force)
+    record = {"written_by": "diffrec data synth", "source": f"synthetic({', '.join(f'{k}={v}' for k, v in params.items())})", "options": params}
+    record["oracle_hr@10"] = data.meta.get("oracle_hr@10")
+    return _write(out, data, record)
+
+
+def _check_target(out: pathlib.Path, force: bool) -> None:
+    if not os.path.lexists(out):
+        return
+    if not out.is_dir():
+        raise DiffrecError(f"{out} exists and is not a folder")
+    entries = _entries(out)
+    if not entries:
+        return
+    if not force:
+        raise DiffrecError(f"{out} exists and is not empty (use --force to replace a folder that diffrec wrote)")
+    foreign = [name for name in entries if name not in PREPARED_FILES or (out / name).is_dir()]
+    if _record(out) is None or foreign:
+        raise DiffrecError(f"refusing to replace {out}: it is not a folder that diffrec data prepare or synth wrote (it holds {', '.join((foreign or entries)[:5])})")
 
 
 def _intact(folder: pathlib.Path, record: dict[str, Any]) -> bool:
@@ -96,21 +114,19 @@ def _intact(folder: pathlib.Path, record: dict[str, Any]) -> bool:
         return False
 
 
-def _write(out: pathlib.Path, source: pathlib.Path, data: SequenceData, wanted: dict[str, Any]) -> dict[str, Any]:
+def _write(out: pathlib.Path, data: SequenceData, header: dict[str, Any]) -> dict[str, Any]:
     from diffrec.checkpoint import data_fingerprint
 
     for label, ids in (("item", data.item_ids or []), ("user", data.user_ids or [])):
         bad = next((i for i in ids if "\n" in i or "\r" in i), None)
         if bad is not None:
-            raise DataError(f"{source}: a {label} id holds a line break ({bad[:40]!r}); it cannot be written to a .tsv map")
+            raise DataError(f"{header['source']}: a {label} id holds a line break ({bad[:40]!r}); it cannot be written to a .tsv map")
     sequences = "".join(f"{u} {' '.join(map(str, seq))}\n" for u, seq in enumerate(data.sequences, start=1))
     items = "item\toriginal\n" + "".join(f"{i}\t{data.item_ids[i] if data.item_ids else i}\n" for i in range(1, data.num_items + 1))
     users = "user\toriginal\n" + "".join(f"{u}\t{data.user_ids[u - 1] if data.user_ids else u}\n" for u in range(1, data.num_users + 1))
     stats = data.stats()
     record = {
-        "written_by": "diffrec data prepare",
-        "source": str(source.resolve()),
-        **wanted,
+        **header,
         "users": stats["users"],
         "items": stats["items"],
         "actions": stats["actions"],

@@ -190,8 +190,8 @@ class UserSequences:
         self.sequences.append(items)
         self.user_ids.append(user)
 
-    def finish(self, *, name: str, fmt: str) -> SequenceData:
-        return finish_sequences(self.file, self.sequences, self.user_ids, name=name, fmt=fmt, dropped=self.dropped)
+    def finish(self, *, name: str, fmt: str, num_items: int | None = None) -> SequenceData:
+        return finish_sequences(self.file, self.sequences, self.user_ids, name=name, fmt=fmt, dropped=self.dropped, num_items=num_items)
 
 
 def finish_sequences(
@@ -202,11 +202,25 @@ def finish_sequences(
     name: str,
     fmt: str,
     dropped: int,
+    num_items: int | None = None,
 ) -> SequenceData:
-    """Keep ids that are exactly 1..N, otherwise re-index them in increasing order."""
+    """Keep ids that are exactly 1..N (or within a declared catalogue of ``num_items``), otherwise
+    re-index them in increasing order."""
     if not sequences:
         raise DataError(f"{file}: no users with at least {MIN_SEQUENCE_LENGTH} items")
     distinct = sorted({item for seq in sequences for item in seq})
+    if num_items is not None:
+        if distinct[0] < 1 or distinct[-1] > num_items:
+            raise DataError(f"{file}: item ids must lie in 1..{num_items} (the catalogue its folder declares), got {distinct[0] if distinct[0] < 1 else distinct[-1]}")
+        return SequenceData(
+            sequences=sequences,
+            num_items=num_items,
+            name=name,
+            user_ids=user_ids,
+            item_ids=[""] + [str(i) for i in range(1, num_items + 1)],
+            source=str(file),
+            meta={"format": fmt, "reindexed": False, "dropped_short_users": dropped},
+        )
     reindexed = distinct[0] != 1 or distinct[-1] != len(distinct)
     if reindexed:
         mapping = {item: idx for idx, item in enumerate(distinct, start=1)}

@@ -51,13 +51,28 @@ class SequencesFormat(DataFormat):
                 raise DataError(f"{file}:{lineno}: duplicate user id {label(user)} (first on line {first_line[user]})")
             first_line[user] = lineno
             users.add(user, items, f":{lineno}")
-        data = users.finish(name=name, fmt="sequences")
+        declared = prepared_item_count(file)
+        data = users.finish(name=name, fmt="sequences", num_items=declared)
         restore_prepared_ids(file, text, data)
         return data
 
 
 def text_checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepared_item_count(file: pathlib.Path) -> int | None:
+    """The catalogue size a prepared folder declares (items that no sequence holds included), or None."""
+    record_file = file.parent / PREPARED
+    if file.name != "sequences.txt" or not record_file.is_file():
+        return None
+    try:
+        count = json.loads(record_file.read_text())["items"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{record_file}: not a record written by diffrec data prepare") from None
+    if type(count) is not int or count < 1:
+        raise DataError(f"{record_file}: items must be a positive integer, got {count!r:.40}")
+    return count
 
 
 def restore_prepared_ids(file: pathlib.Path, text: str, data: SequenceData) -> None:
