@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import json
 import math
 from collections.abc import Callable
@@ -35,7 +36,8 @@ bench_app = typer.Typer(help="Microbenchmarks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
-console = Console()
+#: under torchrun only rank 0 prints results and progress (every rank still reports its errors)
+console = Console(quiet=int(os.environ.get("RANK", "0")) > 0)
 err_console = Console(stderr=True)
 
 

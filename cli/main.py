@@ -287,8 +287,15 @@ def evaluate(
         raise DiffrecError(f"the data has {dataset.num_items} items but the model was trained on {record['num_items']}")
     if save_topk is not None and k > dataset.num_items:
         raise DiffrecError(f"-k {k} exceeds the {dataset.num_items} items")
+    from diffrec.distributed import world_from_env
+
+    world = world_from_env(dev.type)
+    if world.distributed:  # torchrun: each process evaluates a shard of the batches
+        if save_topk is not None:
+            raise DiffrecError("--save-topk needs one process (not torchrun)")
+        cfg.eval.rng = "per_batch"
     started = time.perf_counter()
-    result = run_eval(model, dataset, split, cfg.eval, max_len=cfg.model.max_len, device=dev, save_topk=k if save_topk else 0, show_progress=console.is_terminal)
+    result = run_eval(model, dataset, split, cfg.eval, max_len=cfg.model.max_len, device=dev, save_topk=k if save_topk else 0, show_progress=console.is_terminal, world=world)
     seconds = time.perf_counter() - started
     if save_topk is not None:
         with atomic_file(save_topk) as tmp, tmp.open("w") as fh:
@@ -296,8 +303,8 @@ def evaluate(
             for u, items in zip(result.users, result.topk):
                 user = dataset.user_ids[u] if dataset.user_ids is not None else str(u)
                 fh.write(user + "\t" + " ".join(_item_names(dataset, items)) + "\n")
-    if output_json:
-        print(dump_json({"split": split, "protocol": cfg.eval.protocol, "metrics": result.metrics, "seconds": seconds}))
+    if output_json and world.main:
+        print(dump_json({"split": split, "protocol": cfg.eval.protocol, "metrics": result.metrics, "seconds": seconds, "world_size": world.size}))
     else:
         print_metrics(f"{dataset.name} {split} ({cfg.eval.protocol} protocol, {result.num_users:,} users)", {split: result.metrics})
         if save_topk is not None:

@@ -94,6 +94,9 @@ class EvalConfig:
     stream: str = "auto"
     #: items per tile of the streamed ranking
     tile: int = 65536
+    #: the reverse process's random numbers: "sequential" (one generator through every batch, as
+    #: always) or "per_batch" (each batch seeded by its index: any sharding, e.g. torchrun, agrees)
+    rng: str = "sequential"
 
     def validate(self) -> None:
         _check_finite(self, "eval")
@@ -101,6 +104,8 @@ class EvalConfig:
             raise DiffrecError(f"unknown stream setting {self.stream!r}; valid choices: auto, always, never")
         if self.tile < 1:
             raise DiffrecError(f"eval tile must be >= 1, got {self.tile}")
+        if self.rng not in ("sequential", "per_batch"):
+            raise DiffrecError(f"unknown eval rng {self.rng!r}; valid choices: sequential, per_batch")
         if self.protocol not in EVAL_PROTOCOLS:
             raise DiffrecError(f"unknown evaluation protocol {self.protocol!r}; valid choices: {', '.join(EVAL_PROTOCOLS)}")
         if not self.ks or min(self.ks) < 1:

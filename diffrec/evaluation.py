@@ -24,6 +24,8 @@ import torch
 from diffrec.config import EvalConfig
 from diffrec.data.batching import EvalInputs
 from diffrec.data.dataset import SequenceData
+from diffrec.distributed import SINGLE, World, gather_objects
+from diffrec.errors import DiffrecError
 from diffrec.metrics import metric_keys, metrics_from_ranks, target_ranks
 from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
@@ -76,9 +78,16 @@ def evaluate(
     device: torch.device,
     save_topk: int = 0,
     show_progress: bool = False,
+    world: World = SINGLE,
 ) -> EvalResult:
-    """HR/NDCG/MRR@K (percent) of ``model`` on the validation or test targets."""
+    """HR/NDCG/MRR@K (percent) of ``model`` on the validation or test targets.
+
+    With a distributed ``world`` each rank evaluates every ``world.size``-th batch and the metric
+    sums are added across ranks (``config.rng`` must then be "per_batch"; top-K lists are not kept).
+    """
     config.validate()
+    if world.distributed and (config.rng != "per_batch" or save_topk):
+        raise DiffrecError("a sharded evaluation needs eval.rng = per_batch and keeps no top-K lists")
     official = config.protocol == "official"
     inputs = EvalInputs(data, split, max_len)
     was_training = model.training
@@ -90,14 +99,20 @@ def evaluate(
     num_batches = (len(inputs) + config.batch_size - 1) // config.batch_size
     batches = inputs.batches(config.batch_size, bucketing=not official, trim=model.trims_padding_exactly)
     streamed = streams(model, data, config)
-    for batch in progress_bar(batches, total=num_batches, description=f"eval {split}", enabled=show_progress):
+    indices: list[int] = []
+    for index, batch in enumerate(progress_bar(batches, total=num_batches, description=f"eval {split}", enabled=show_progress and world.main)):
+        if index % world.size != world.rank:
+            continue
         batch = batch.to(device)
+        if config.rng == "per_batch":
+            gen = make_generator(device, config.seed * 1_000_003 + index)
         history = inputs.history(batch.users.cpu().numpy()) if config.exclude_history else None
         if streamed:
             ranks, top = _streamed(model, batch, gen, official, history, config.tile, save_topk)
         else:
             ranks, top = _dense(model, batch, gen, official, history, save_topk)
         values = metrics_from_ranks(ranks, config.ks)
+        indices.append(index)
         for key, v in values.items():
             per_user[key].append(v.cpu())
             batch_means[key].append(float(v.mean()))
@@ -105,6 +120,11 @@ def evaluate(
             all_topk.append(top.cpu())
             all_users.append(batch.users.cpu())
     model.train(was_training)
+    if world.distributed:  # every process's batches, put back in batch order: the one-process numbers to the bit
+        shards = gather_objects((indices, per_user, batch_means), world)
+        order = sorted((i, r, j) for r, (idx, _, _) in enumerate(shards) for j, i in enumerate(idx))
+        per_user = {k: [shards[r][1][k][j] for _, r, j in order] for k in per_user}
+        batch_means = {k: [shards[r][2][k][j] for _, r, j in order] for k in batch_means}
     if official:
         metrics = {k: 100.0 * float(np.mean(v)) for k, v in batch_means.items()}
     else:

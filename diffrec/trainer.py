@@ -34,9 +34,11 @@ from diffrec import checkpoint as ckpt
 from diffrec.config import RunConfig, TrainConfig
 from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
+from diffrec.distributed import all_sum, average_gradients, barrier, broadcast_object, gather_objects, shard, world_from_env
 from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
 from diffrec.evaluation import evaluate
 from diffrec.files import make_dirs, remove_created, temp_sibling
+from diffrec.params import part_name
 from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
 from diffrec.registry import load_builtin_parts, load_plugin, registry
@@ -89,6 +91,8 @@ class TrainState:
     examples_per_second: list[float] = field(default_factory=list)
     #: wall time of each completed epoch (training, validation, checkpoint), across invocations
     epoch_wall_seconds: list[float] = field(default_factory=list)
+    #: processes that trained the run (torchrun); a resume needs as many
+    world_size: int = 1
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -114,10 +118,22 @@ class Trainer:
         self.on_epoch = on_epoch
         self.log = log or (lambda line: None)
         self.device = select_device(config.train.device)
+        self.world = world_from_env(self.device.type)
+        if self.world.distributed:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", self.world.local_rank)
+            if config.eval.rng != "per_batch":  # sharded evaluation needs batch-seeded randomness
+                self.log("torchrun: eval.rng = per_batch, so that every world size evaluates alike")
+                config.eval.rng = "per_batch"
+            if part_name(getattr(config.model, "timestep_sampler", "uniform")) != "uniform":
+                raise ConfigError("a learning timestep sampler keeps per-process statistics; use the uniform sampler under torchrun")
+        self._announced = False
         if config.train.num_threads > 0:
             torch.set_num_threads(config.train.num_threads)
         seed_everything(config.train.seed)
         self.model = build_model(config, data.num_items).to(self.device)
+        if self.world.distributed:  # the same weights everywhere, other dropout and noise per process
+            torch.manual_seed(config.train.seed + self.world.rank)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         if config.train.examples == "sequence" and not self.model.supports_sequence_examples:
             raise ConfigError(
@@ -139,12 +155,17 @@ class Trainer:
         return lr
 
     def _save_last(self) -> None:
+        states = gather_objects(torch.get_rng_state(), self.world)  # every process's random state
+        if not self.world.main:
+            return
         tensors = ckpt.model_tensors(self.model)
         opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
         tensors.update(opt_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.torch"] = states[0]
+        tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(states) if r})
         ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST))
         state = dict(self.state.__dict__)
+        state["world_size"] = self.world.size
         state["optimizer"] = opt_meta
         state["numpy_rng"] = self.rng.bit_generator.state
         self.run.write_json(ckpt.STATE, state)
@@ -152,11 +173,19 @@ class Trainer:
     def _restore_last(self) -> None:
         tensors = ckpt.load_tensors(self.run.file(ckpt.LAST))
         raw = self.run.read_json(ckpt.STATE)
+        if int(raw.get("world_size", 1)) != self.world.size:
+            raise DiffrecError(f"cannot resume: {self.run.path} was trained by {raw.get('world_size', 1)} process(es), this is {self.world.size}; resume with as many")
         ckpt.load_model_tensors(self.model, tensors, self.run.file(ckpt.LAST))
         ckpt.load_optimizer(self.optimizer, tensors, raw.pop("optimizer"))
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors["rng.torch" if self.world.main else f"rng.torch.rank{self.world.rank}"])
         self.rng.bit_generator.state = raw.pop("numpy_rng")
         self.state = TrainState(**raw)
+
+    def _prepared(self, run_dir: pathlib.Path, resumed: bool) -> None:
+        """Rank 0 tells the other processes where the run trains, once it is ready (torchrun)."""
+        if self.world.distributed and self.world.main:
+            broadcast_object({"path": str(run_dir), "resume": resumed}, self.world)
+            self._announced = True
 
     def _prepare_resume(self) -> None:
         """Check that the run in ``self.run`` can continue with this config, then restore it.
@@ -210,33 +239,65 @@ class Trainer:
         start = time.perf_counter()
         batches = self.examples.batches(t.batch_size, self.rng, bucketing=t.bucketing, trim=self.model.trims_padding_exactly)
         desc = f"epoch {epoch + 1}/{t.epochs}"
-        for batch in progress_bar(batches, total=self.examples.num_batches(t.batch_size), description=desc, enabled=self.show_progress):
+        params = list(self.model.parameters())
+        for batch in progress_bar(batches, total=self.examples.num_batches(t.batch_size), description=desc, enabled=self.show_progress and self.world.main):
+            full = batch.num_targets  # examples/s counts (history, next item) pairs, whatever the example type
+            if self.world.distributed:
+                batch = shard(batch, self.world)  # this process's rows of the global batch
             batch = batch.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(epoch, self.state.step)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
-                loss = self.model.calculate_loss(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; lower the learning rate")
+            n = batch.num_targets
             self.optimizer.zero_grad(set_to_none=True)
+            if n:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                    loss = self.model.calculate_loss(batch)
+            else:  # a global batch smaller than the world leaves this process nothing
+                loss = sum(p.sum() for p in params) * 0.0
+            finite = all_sum(torch.tensor([float(torch.isfinite(loss).item())]), self.world)
+            if float(finite) < self.world.size:
+                raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; lower the learning rate")
             loss.backward()
+            average_gradients(params, n / full, self.world)  # the gradient of the global batch's mean loss
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             self.optimizer.step()
             self.state.step += 1
-            n = batch.num_targets  # examples/s counts (history, next item) pairs, whatever the example type
             total += loss.item() * n
             count += n
         seconds = time.perf_counter() - start
-        return total / count, seconds, count
+        total, count = (float(v) for v in all_sum(torch.tensor([total, float(count)], dtype=torch.float64), self.world))
+        return total / count, seconds, int(count)
 
     def validate(self) -> dict[str, float]:
         return evaluate(
-            self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress
+            self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world
         ).metrics
 
     def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-        """Train (or ``resume``) the run and test its best model; see the module docstring."""
+        """Train (or ``resume``) the run and test its best model; see the module docstring.
+
+        Under torchrun rank 0 prepares the run directory (and alone writes to it); the other
+        processes learn from it where the run trains, restore its checkpoint and train alongside.
+        """
+        if not self.world.distributed:
+            return self._fit_main(resume, force)
+        if self.world.main:
+            try:
+                return self._fit_main(resume, force)
+            except BaseException as exc:
+                if not self._announced:
+                    broadcast_object({"error": str(exc) or type(exc).__name__}, self.world)
+                raise
+        told = broadcast_object(None, self.world)
+        if "error" in told:
+            raise DiffrecError(told["error"])
+        self.run = ckpt.RunDir(told["path"])
+        if told["resume"]:
+            self._restore_last()
+        return self._fit()
+
+    def _fit_main(self, resume: bool, force: bool) -> dict[str, Any]:
         target = self.run.path
         created = make_dirs(target)
         try:
@@ -253,9 +314,11 @@ class Trainer:
                 self.log(f"resuming the replacement of {target} begun with --force (in {stage.name})")
                 return self._fit_staged(stage, target, resume=True)
             self._prepare_resume()
+            self._prepared(target, True)
             return self._fit()
         if not ckpt.RunDir(target).entries():
             self._start()
+            self._prepared(target, False)
             try:
                 return self._fit()
             except TrainingDivergedError:
@@ -282,6 +345,7 @@ class Trainer:
                     self._prepare_resume()
                 else:
                     self._start()
+                self._prepared(stage, resume)
                 final = self._fit()
             except BaseException as exc:
                 if isinstance(exc, DiffrecError) or not (stage / ckpt.LAST).is_file():
@@ -321,7 +385,8 @@ class Trainer:
                     self.state.best_epoch = epoch + 1
                     self.state.best_valid = valid
                     self.state.bad_evals = 0
-                    ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST))
+                    if self.world.main:
+                        ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST))
                 else:
                     self.state.bad_evals += 1
                     if self.state.bad_evals >= t.patience:
@@ -329,16 +394,18 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.state.epoch_wall_seconds.append(time.perf_counter() - started)
             self._save_last()
-            self.run.append_jsonl(ckpt.EPOCHS, record)
-            if self.on_epoch is not None:
-                self.on_epoch(record)
+            if self.world.main:
+                self.run.append_jsonl(ckpt.EPOCHS, record)
+                if self.on_epoch is not None:
+                    self.on_epoch(record)
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
         started = time.perf_counter()
+        barrier(self.world)  # rank 0 has written the best weights
         best = self.run.file(ckpt.BEST)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
-        common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress)
+        common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world)
         valid = self.state.best_valid or evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
         test = evaluate(self.model, self.data, "test", self.config.eval, **common).metrics
         final = {
@@ -353,12 +420,14 @@ class Trainer:
             "examples_per_second": float(np.mean(self.state.examples_per_second)) if self.state.examples_per_second else None,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "world_size": self.world.size,
         }
         # The wall time of the run as if trained straight through: every epoch (whichever
         # invocation ran it) plus this final test; unknown for runs begun before epochs were timed.
         if len(self.state.epoch_wall_seconds) == self.state.epoch:
             final["wall_seconds"] = sum(self.state.epoch_wall_seconds) + time.perf_counter() - started
-        self.run.write_json(ckpt.FINAL, final)
+        if self.world.main:
+            self.run.write_json(ckpt.FINAL, final)
         return final
 
 
