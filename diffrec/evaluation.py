@@ -140,8 +140,8 @@ def evaluate(
 
 def _dense(model: Recommender, batch, gen, official: bool, history, save_topk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Target ranks (and top-K) from the full (B, N + 1) score matrix."""
-    scores = model.full_sort_predict(batch, gen).float()  # (B, N + 1)
-    if not torch.isfinite(scores).all():
+    scores = model.full_sort_predict(batch, gen).float()  # (B, N + 1); -inf = not ranked (an approximate rounding)
+    if torch.isnan(scores).any() or torch.isposinf(scores).any():
         raise FloatingPointError("the model produced non-finite scores")
     if not official:
         scores[:, 0] = float("-inf")

@@ -166,6 +166,7 @@ _BUILTIN_MODULES = (
     "diffrec.losses",
     "diffrec.sampled_losses",
     "diffrec.rounding",
+    "diffrec.rounding_ann",
     "diffrec.samplers",
     "diffrec.models",
     "diffrec.data.formats",

@@ -163,6 +163,8 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors["rng.torch"] = states[0]
         tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(states) if r})
+        if self.device.type == "cuda":  # so that a resumed CUDA run draws what the straight run would have
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST))
         state = dict(self.state.__dict__)
         state["world_size"] = self.world.size
@@ -178,6 +180,8 @@ class Trainer:
         ckpt.load_model_tensors(self.model, tensors, self.run.file(ckpt.LAST))
         ckpt.load_optimizer(self.optimizer, tensors, raw.pop("optimizer"))
         torch.set_rng_state(tensors["rng.torch" if self.world.main else f"rng.torch.rank{self.world.rank}"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors and self.world.main:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.rng.bit_generator.state = raw.pop("numpy_rng")
         self.state = TrainState(**raw)
 
@@ -254,8 +258,10 @@ class Trainer:
                     loss = self.model.calculate_loss(batch)
             else:  # a global batch smaller than the world leaves this process nothing
                 loss = sum(p.sum() for p in params) * 0.0
-            finite = all_sum(torch.tensor([float(torch.isfinite(loss).item())]), self.world)
-            if float(finite) < self.world.size:
+            finite = bool(torch.isfinite(loss))  # the step's one wait for the device
+            if self.world.distributed:
+                finite = float(all_sum(torch.tensor([float(finite)]), self.world)) == self.world.size
+            if not finite:
                 raise TrainingDivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.state.step + 1}; lower the learning rate")
             loss.backward()
             average_gradients(params, n / full, self.world)  # the gradient of the global batch's mean loss
@@ -263,10 +269,10 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             self.optimizer.step()
             self.state.step += 1
-            total += loss.item() * n
+            total = total + loss.detach().double() * n  # summed on the device: no second wait per step
             count += n
         seconds = time.perf_counter() - start
-        total, count = (float(v) for v in all_sum(torch.tensor([total, float(count)], dtype=torch.float64), self.world))
+        total, count = (float(v) for v in all_sum(torch.tensor([float(total), float(count)], dtype=torch.float64), self.world))
         return total / count, seconds, int(count)
 
     def validate(self) -> dict[str, float]:
