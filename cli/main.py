@@ -14,7 +14,6 @@ import time
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from diffrec.cli import data_cmds, results, study  # noqa: F401  (register their commands)
@@ -445,12 +444,33 @@ def list_cmd(
     console.print(table)
 
 
+def _click_exceptions():
+    try:  # typer >= 0.22 carries its own copy of click
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main() -> None:
+    """The console script: every error, usage errors included, is one line on stderr."""
+    click = _click_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)
     except DiffrecError as exc:  # errors raised while building the command (e.g. option help)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        fail(str(exc))
         sys.exit(2)
+    except click.ClickException as exc:
+        if isinstance(exc, getattr(click, "NoArgsIsHelpError", ())):
+            exc.show()  # a bare command group prints its help
+        else:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "diffrec"
+            fail(f"{' '.join(exc.format_message().split())} (see '{where} --help')")
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        fail("interrupted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -355,3 +355,25 @@ def test_permission_errors_are_one_line_and_leave_nothing(shared_tmp):
     out = readonly / "top.tsv"
     one_line_error(diffrec("evaluate", "--checkpoint", runs / "r", "--save-topk", out, preexec_fn=drop), "readonly", "ermission denied")
     assert list(readonly.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--preset", "x"], ["No such option: --preset", "train --help"]),
+        (["train", "--out", "o", "--epochs", "many"], ["'--epochs'", "integer"]),
+        (["evaluate"], ["Missing option '--checkpoint'"]),
+        (["nosuchcommand"], ["No such command 'nosuchcommand'", " --help"]),
+        (["list", "model", "extra"], ["unexpected extra argument"]),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path, args, fragments):
+    one_line_error(diffrec(*args, cwd=tmp_path), *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_and_bare_groups_still_print_help():
+    proc = diffrec("train", "--help")
+    assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
+    proc = diffrec("data")
+    assert "prepare" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
