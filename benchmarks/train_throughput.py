@@ -45,7 +45,8 @@ def measure(model_name: str, data, args) -> dict:
     if model_name != "diffurec":
         config.model.loss = "ce"
     torch.manual_seed(0)
-    model = build_model(config, data.num_items)
+    device = torch.device(args.device)
+    model = build_model(config, data.num_items).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     examples = TrainExamples(data, 50)
@@ -54,9 +55,10 @@ def measure(model_name: str, data, args) -> dict:
         by_width = sorted(batches, key=lambda b: b.seq.shape[1])
         picks = np.linspace(0, len(by_width) - 1, args.batches).round().astype(int)
         batches = [by_width[i] for i in picks]
+    batches = [b.to(device) for b in batches]
 
     def step(batch) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             loss = model.calculate_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -64,10 +66,14 @@ def measure(model_name: str, data, args) -> dict:
 
     for batch in batches[:3]:  # warm-up
         step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     n, start = 0, time.perf_counter()
     for batch in batches:
         step(batch)
         n += len(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return {
         "examples": n,
@@ -113,7 +119,8 @@ def measure_public(checkout: Path, data, args) -> dict:
     finally:
         if shimmed:
             del np.int
-    model.train()
+    device = torch.device(args.device)
+    model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=defaults.lr)
     train = {u: data.train_part(u) for u in range(data.num_users) if len(data.train_part(u)) >= 2}
     with warnings.catch_warnings():  # it asks for pinned memory, which a CPU has not
@@ -123,8 +130,9 @@ def measure_public(checkout: Path, data, args) -> dict:
     wanted = args.batches or len(loader)
 
     def step(seq, tag) -> None:
+        seq, tag = seq.to(device), tag.to(device)  # as its trainer moves each batch
         optimizer.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             _, rep, *_ = model(seq, tag, train_flag=True)
             loss = model.loss_diffu_ce(rep, tag)
         loss.backward()
@@ -135,6 +143,8 @@ def measure_public(checkout: Path, data, args) -> dict:
         warm = iter(loader)
         for _ in range(3):
             step(*next(warm))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         n, done, start = 0, 0, time.perf_counter()
         for seq, tag in loader:  # the loader's own collation is part of its step, as in its trainer
             step(seq, tag)
@@ -142,6 +152,8 @@ def measure_public(checkout: Path, data, args) -> dict:
             done += 1
             if done >= wanted:
                 break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     return {"examples": n, "seconds": seconds, "examples_per_second": n / seconds, "epoch_seconds_estimate": len(loader.dataset) * seconds / n}
 
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bucketing", action="store_true", help="pad every batch to max_len as the public code does")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the public code's step too)")
     parser.add_argument("--compare", type=Path, default=None, metavar="PUBLIC_CHECKOUT", help="also time the public DiffuRec code's training step from this checkout")
     args = parser.parse_args(argv)
     if args.threads:

@@ -11,6 +11,12 @@ Every op takes ``backend=None | "triton" | "torch"``: None picks Triton for CUDA
 the PyTorch twin otherwise; the environment variable ``DIFFREC_KERNELS=torch|triton`` overrides
 that automatic choice (see :mod:`diffrec.kernels.dispatch`). Importing this package never
 imports Triton; the Triton kernels load on their first use.
+
+Inside ``torch.autocast`` the ops cast their inputs as autocast would (the matmul ops to the
+autocast dtype, the noise injection to the promoted dtype) and run with autocast off; see
+:mod:`diffrec.kernels.dispatch`. On CUDA the Triton kernels autotune their block sizes once
+per shape family; ``DIFFREC_AUTOTUNE=0`` runs the default configuration instead (see
+:mod:`diffrec.kernels._triton_common`).
 """
 
 from ._triton_available import interpreter_enabled, triton_available

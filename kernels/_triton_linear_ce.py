@@ -8,12 +8,26 @@ falls in the split. The launcher combines the splits' ``(m, s)`` into the row lo
 Backward, with ``P = softmax(logits) - onehot(targets)`` scaled by ``g / B``, recomputed tile by
 tile from the saved log-sum-exp (no atomics, deterministic):
 
-* ``dq = P @ E``: grid (query blocks, item splits), each program accumulates its (BLOCK_B, d)
-  partial in registers; the launcher sums the splits;
-* ``dE = Pᵀ @ Q``: grid (item tiles,), each program loops over all query blocks and
-  accumulates its (BLOCK_N, d) tile.
+* ``dq = P @ E``: grid (query blocks, item splits, column blocks), each program accumulates a
+  (BLOCK_B, BLOCK_DO) partial in registers; the launcher sums the splits;
+* ``dE = Pᵀ @ Q``: grid (item tiles, column blocks), each program loops over all query blocks
+  and accumulates its (BLOCK_N, BLOCK_DO) tile.
 
-The feature size is held whole in a block (``BLOCK_D = next_power_of_2(d)``, at most 512).
+Feature size: logits are accumulated over ``d`` in chunks of ``BLOCK_K`` columns. When one
+chunk holds all of ``d`` (on CUDA while a row takes at most 512 bytes: float32 d <= 128,
+16-bit d <= 256) the blocks are loaded once and reused for the gradient, with a single column
+block. Otherwise ``d`` is streamed in chunks of 64 columns and the gradients are produced in
+column blocks of ``BLOCK_DO`` (512 bytes of a row: 128 float32 or 256 16-bit columns); each
+column block recomputes the logits, so the backward costs about ``1 + cdiv(d, BLOCK_DO)``
+matmuls per item tile instead of 2 (d = 1024 in float32: 9).
+
+Precision: every matmul takes the inputs' dtype and accumulates in float32; ``P`` is rounded
+to the inputs' dtype before ``P @ E`` and ``Pᵀ @ Q`` (as the tensor cores need); ``dE`` is
+stored in the items' dtype, ``dq`` partials in float32.
+
+Block sizes, warps and stages are autotuned on CUDA (see :mod:`._triton_common`); the
+interpreter runs fixed configurations and a single item split. ``force_config`` (tests only)
+overrides both.
 """
 
 from __future__ import annotations
@@ -23,37 +37,73 @@ import triton
 import triton.language as tl
 
 from ._triton_available import is_interpreted
-from .dispatch import BackendUnavailableError, KernelInputError
+from ._triton_common import (
+    SMEM_FOR_TESTS,
+    Overrides,
+    as_config,
+    autotune_enabled,
+    fit_stages,
+    launch,
+    multiprocessors,
+    size_bucket,
+    smem_budget,
+    to_operand,
+    to_output,
+)
+from .dispatch import BackendUnavailableError, autocast_disabled
 
-MAX_DIM = 512
+SPLIT_GRANULE = 128  # item splits are multiples of this many items (the largest BLOCK_N of any candidate)
+MAX_CHUNK = 256  # the interpreter's widest chunk of d (and gradient column block)
+_INTERPRETER_BLOCK_N = 128  # fewer interpreted loop steps
+
+#: Test-only overrides (see :class:`._triton_common.Overrides`): ``fwd`` / ``bwd_q`` / ``bwd_e``
+#: (a dict of that kernel's block sizes or a ``triton.Config``), ``gpu=True`` (the CUDA default
+#: configurations and CUDA's split count in the interpreter, for ``sms`` multiprocessors) and
+#: ``splits`` (the number of item splits).
+force_config = Overrides("fwd", "bwd_q", "bwd_e", "gpu", "sms", "splits")
 
 
 @triton.jit
-def _load_rows(ptr, rows, n_rows, cols, dim, UPCAST: tl.constexpr):
-    """Load the (len(rows), BLOCK_D) block ``ptr[rows, :dim]`` with zeros outside."""
+def _load_rows(ptr, rows, n_rows, cols, dim, EMULATE_BF16: tl.constexpr):
+    """The (len(rows), len(cols)) block ``ptr[rows, cols]``, zeros outside; bf16 values in float32
+    registers under EMULATE_BF16 (exact, see :mod:`._triton_common`)."""
     block = tl.load(
         ptr + rows[:, None].to(tl.int64) * dim + cols[None, :],
         mask=(rows < n_rows)[:, None] & (cols < dim)[None, :], other=0.0,
     )
-    if UPCAST:
+    if EMULATE_BF16:
         block = block.to(tl.float32)
     return block
+
+
+@triton.jit
+def _chunked_logits(q_ptr, rows, n_rows, e_ptr, ids, n_ids, dim,
+                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """(BB, BN) float32 logits q[rows] · e[ids] accumulated over d in chunks of BLOCK_K columns."""
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, dim, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        q = _load_rows(q_ptr, rows, n_rows, cols, dim, EMULATE_BF16)  # (BB, BK)
+        e = _load_rows(e_ptr, ids, n_ids, cols, dim, EMULATE_BF16)  # (BN, BK)
+        acc = tl.dot(q, tl.trans(e), acc, input_precision=PRECISION, out_dtype=tl.float32)
+    return acc
 
 
 @triton.jit
 def _lce_fwd_kernel(
     q_ptr, e_ptr, t_ptr, m_ptr, s_ptr, tgt_ptr,
     n_queries, n_items, dim, items_per_split,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), splits): partial (max, sum of exp, target logit) per row and split."""
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BB,)
     row_mask = rows < n_queries
-    cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(q_ptr, rows, n_queries, cols, dim, UPCAST)  # (BB, BD)
+    if BLOCK_K >= D_PAD:  # one chunk holds d: load the queries once
+        q = _load_rows(q_ptr, rows, n_queries, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BB, BK)
     targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)  # (BB,)
 
     m = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
@@ -63,8 +113,12 @@ def _lce_fwd_kernel(
     stop = tl.minimum(start + items_per_split, n_items)
     for n0 in range(start, stop, BLOCK_N):
         ids = n0 + tl.arange(0, BLOCK_N)  # (BN,)
-        e = _load_rows(e_ptr, ids, stop, cols, dim, UPCAST)  # (BN, BD)
-        logits = tl.dot(q, tl.trans(e), input_precision=PRECISION)  # (BB, BN)
+        if BLOCK_K >= D_PAD:
+            e = _load_rows(e_ptr, ids, stop, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BN, BK)
+            logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)  # (BB, BN)
+        else:
+            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, stop, dim,
+                                     BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
         logits = tl.where((ids < stop)[None, :], logits, float("-inf"))
         target_logit += tl.sum(tl.where(ids[None, :] == targets[:, None], logits, 0.0), axis=1)
         m_new = tl.maximum(m, tl.max(logits, axis=1))
@@ -77,9 +131,8 @@ def _lce_fwd_kernel(
 
 
 @triton.jit
-def _scaled_probs(q, e, ids, n_items, targets, lse, scale, PRECISION: tl.constexpr):
-    """(softmax - onehot) · scale for a (BB, BN) tile; zero outside the valid items."""
-    logits = tl.dot(q, tl.trans(e), input_precision=PRECISION)  # (BB, BN)
+def _scaled_probs(logits, ids, n_items, targets, lse, scale):
+    """(softmax - onehot) · scale for a (BB, BN) tile of float32 logits; zero outside the valid items."""
     probs = tl.exp(logits - lse[:, None])
     probs = tl.where(ids[None, :] == targets[:, None], probs - 1.0, probs)
     return tl.where((ids < n_items)[None, :], probs * scale, 0.0)
@@ -89,56 +142,86 @@ def _scaled_probs(q, e, ids, n_items, targets, lse, scale, PRECISION: tl.constex
 def _lce_bwd_q_kernel(
     q_ptr, e_ptr, t_ptr, lse_ptr, g_ptr, dq_ptr,
     n_queries, n_items, dim, items_per_split, inv_batch,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B), splits): dq partial (float32) of the split's items."""
+    """Grid (cdiv(B, BLOCK_B), splits, column blocks): float32 dq partial of the split's items."""
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
+    pid_d = tl.program_id(2)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < n_queries
-    cols = tl.arange(0, BLOCK_D)
-    q = _load_rows(q_ptr, rows, n_queries, cols, dim, UPCAST)  # (BB, BD)
+    if BLOCK_K >= D_PAD:
+        out_cols = tl.arange(0, BLOCK_K)
+        q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
+        acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
+    else:
+        out_cols = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+        acc = tl.zeros((BLOCK_B, BLOCK_DO), dtype=tl.float32)
     targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     scale = tl.load(g_ptr).to(tl.float32) * inv_batch
-    acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
     start = split * items_per_split
     stop = tl.minimum(start + items_per_split, n_items)
     for n0 in range(start, stop, BLOCK_N):
         ids = n0 + tl.arange(0, BLOCK_N)
-        e = _load_rows(e_ptr, ids, stop, cols, dim, UPCAST)  # (BN, BD)
-        probs = _scaled_probs(q, e, ids, stop, targets, lse, scale, PRECISION)  # (BB, BN)
-        acc += tl.dot(probs.to(e.dtype), e, input_precision=PRECISION)  # (BB, BD)
-    out = dq_ptr + split.to(tl.int64) * n_queries * dim + rows[:, None].to(tl.int64) * dim + cols[None, :]
-    tl.store(out, acc, mask=row_mask[:, None] & (cols < dim)[None, :])
+        if BLOCK_K >= D_PAD:
+            e = _load_rows(e_ptr, ids, stop, out_cols, dim, EMULATE_BF16)  # (BN, BK)
+            logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)
+        else:
+            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, stop, dim,
+                                     BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
+            e = _load_rows(e_ptr, ids, stop, out_cols, dim, EMULATE_BF16)  # (BN, BDO)
+        probs = _scaled_probs(logits, ids, stop, targets, lse, scale)  # (BB, BN) float32
+        acc = tl.dot(to_operand(probs, e_ptr.dtype.element_ty, EMULATE_BF16), e, acc,
+                     input_precision=PRECISION, out_dtype=tl.float32)
+    out = dq_ptr + split.to(tl.int64) * n_queries * dim + rows[:, None].to(tl.int64) * dim + out_cols[None, :]
+    tl.store(out, acc, mask=row_mask[:, None] & (out_cols < dim)[None, :])
 
 
 @triton.jit
 def _lce_bwd_e_kernel(
     q_ptr, e_ptr, t_ptr, lse_ptr, g_ptr, de_ptr,
     n_queries, n_items, dim, inv_batch,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    D_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_DO: tl.constexpr, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(N, BLOCK_N),): dE for one item tile, looping over every query block."""
+    """Grid (cdiv(N, BLOCK_N), column blocks): dE for one item tile, looping over every query block."""
     pid_n = tl.program_id(0)
+    pid_d = tl.program_id(1)
     ids = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
-    cols = tl.arange(0, BLOCK_D)
-    e = _load_rows(e_ptr, ids, n_items, cols, dim, UPCAST)  # (BN, BD)
+    if BLOCK_K >= D_PAD:
+        out_cols = tl.arange(0, BLOCK_K)
+        e = _load_rows(e_ptr, ids, n_items, out_cols, dim, EMULATE_BF16)  # (BN, BK)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    else:
+        out_cols = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+        acc = tl.zeros((BLOCK_N, BLOCK_DO), dtype=tl.float32)
     scale = tl.load(g_ptr).to(tl.float32) * inv_batch
-    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for b0 in range(0, n_queries, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         row_mask = rows < n_queries
-        q = _load_rows(q_ptr, rows, n_queries, cols, dim, UPCAST)  # (BB, BD)
         targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-        probs = _scaled_probs(q, e, ids, n_items, targets, lse, scale, PRECISION)  # (BB, BN)
+        if BLOCK_K >= D_PAD:
+            q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
+            logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)
+        else:
+            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, n_items, dim,
+                                     BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
+            q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BDO)
+        probs = _scaled_probs(logits, ids, n_items, targets, lse, scale)  # (BB, BN) float32
         probs = tl.where(row_mask[:, None], probs, 0.0)
-        acc += tl.dot(tl.trans(probs.to(q.dtype)), q, input_precision=PRECISION)  # (BN, BD)
-    out = de_ptr + ids[:, None].to(tl.int64) * dim + cols[None, :]
-    tl.store(out, acc.to(de_ptr.dtype.element_ty), mask=(ids < n_items)[:, None] & (cols < dim)[None, :])
+        acc = tl.dot(tl.trans(to_operand(probs, q_ptr.dtype.element_ty, EMULATE_BF16)), q, acc,
+                     input_precision=PRECISION, out_dtype=tl.float32)  # (BN, BDO)
+    out = de_ptr + ids[:, None].to(tl.int64) * dim + out_cols[None, :]
+    tl.store(out, to_output(acc, de_ptr.dtype.element_ty, EMULATE_BF16),
+             mask=(ids < n_items)[:, None] & (out_cols < dim)[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# launch configurations
+# --------------------------------------------------------------------------------------------
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -147,43 +230,144 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _feature_pad(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _default_blocks(n_queries: int, dim: int, elt: int) -> tuple[int, int, int, int]:
+    """(BLOCK_B, BLOCK_N, BLOCK_K, BLOCK_DO) of the CUDA default for ``elt``-byte inputs: d whole
+    while a row takes at most 512 bytes (float32 d <= 128, 16-bit d <= 256), else chunks of 64
+    columns and gradient column blocks of 128 (float32) or 256 (16-bit) columns."""
+    d_pad = _feature_pad(dim)
+    whole = d_pad * elt <= 512
+    block_b = 16 if n_queries <= 16 else (32 if d_pad > 128 else 64)  # as before
+    if whole:
+        return block_b, 64, d_pad, d_pad
+    return block_b, 64, 64, 512 // elt
+
+
+def smem_estimate(kernel: str, meta: dict, stages: int, elt: int, d_pad: int) -> int:
+    """Rough bytes of shared memory of ``kernel``: ``stages`` buffers of the tiles loaded in its
+    loop, the tiles loaded once, and the probability tile fed to the second matmul."""
+    bb, bn, bk = meta["BLOCK_B"], meta["BLOCK_N"], meta["BLOCK_K"]
+    bdo = meta.get("BLOCK_DO", bk)
+    whole = bk >= d_pad
+    if kernel == "fwd":
+        return (stages * bn * bk + bb * bk) * elt if whole else stages * (bn + bb) * bk * elt
+    probs = bb * bn * elt
+    if kernel == "bwd_q":
+        loop = bn * bk if whole else (bn + bb) * bk + bn * bdo
+        once = bb * bk if whole else 0
+    else:
+        loop = bb * bk if whole else (bn + bb) * bk + bb * bdo
+        once = bn * bk if whole else 0
+    return (stages * loop + once) * elt + probs
+
+
+def cuda_configs(kernel: str, n_queries: int, dim: int, elt: int = 4,
+                 smem: int = int(SMEM_FOR_TESTS * 0.9)) -> list[triton.Config]:
+    """CUDA candidates (the default first) of ``kernel`` ("fwd", "bwd_q" or "bwd_e") for
+    ``elt``-byte inputs; stages are lowered to fit ``smem`` bytes of shared memory.
+
+    The defaults were chosen from sm_90 compilations (registers and spills reported by
+    ``cuobjdump -res-usage``, no GPU run): the forward keeps the previous 64 x 64 tile with
+    4 warps while d is whole (8 warps when it streams d, 4 would spill); the backward kernels
+    hold a second accumulator and use 32 x 64 (``dE`` streaming d: 64 queries x 32 items) tiles
+    with 8 warps, the largest that compiled without spills.
+    """
+    d_pad = _feature_pad(dim)
+    block_b, _, block_k, block_do = _default_blocks(n_queries, dim, elt)
+    whole = block_k >= d_pad
+    small = n_queries <= 16
+    # (BLOCK_B, BLOCK_N, BLOCK_K, warps, stages); BLOCK_K is d_pad when d fits in one chunk
+    if kernel == "fwd":
+        if whole:
+            candidates = [(block_b, 64, block_k, 4, 3), (block_b, 64, block_k, 8, 3), (block_b, 128, block_k, 8, 3),
+                          (max(16, block_b // 2), 128, block_k, 4, 3)]
+            if n_queries > 256 and d_pad <= 128:
+                candidates.append((128, 64, block_k, 8, 3))
+        else:
+            candidates = [(block_b, 64, 64, 8, 3), (block_b, 64, 64, 4, 3), (block_b, 128, 64, 8, 3),
+                          (block_b, 64, 32, 4, 4), (block_b, 64, 128, 8, 3)]
+    elif kernel == "bwd_q":
+        bb = 16 if small else 32
+        candidates = [(bb, 64, block_k, 8, 3), (bb, 64, block_k, 4, 3), (bb, 32, block_k, 4, 3),
+                      (16 if small else 64, 32, block_k, 8, 3), (16 if small else 64, 64, block_k, 8, 2)]
+        if not whole:
+            candidates.append((bb, 64, 32, 8, 4))
+    else:
+        bb = 16 if small else 32
+        big = 16 if small else 64
+        if whole:
+            candidates = [(bb, 64, block_k, 8, 3), (big, 32, block_k, 8, 3), (bb, 32, block_k, 4, 3),
+                          (bb, 64, block_k, 4, 3), (big, 64, block_k, 8, 2)]
+        else:
+            candidates = [(big, 32, 64, 8, 3), (bb, 64, 64, 8, 3), (bb, 32, 64, 4, 3), (big, 64, 64, 8, 2),
+                          (bb, 64, 32, 8, 4)]
+    configs = []
+    for bb, bn, bk, w, st in candidates:
+        meta = {"BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk}
+        if kernel != "fwd":
+            meta["BLOCK_DO"] = block_do if not whole else bk
+        configs.append(triton.Config(meta, num_warps=w, num_stages=st))
+    return fit_stages(configs, lambda meta, stages: smem_estimate(kernel, meta, stages, elt, d_pad), smem)
+
+
+def interpreter_config(kernel: str, n_queries: int, dim: int) -> triton.Config:
+    """The fixed configuration of the interpreter (large item tiles: fewer interpreted steps)."""
+    d_pad = _feature_pad(dim)
+    block_k = min(d_pad, MAX_CHUNK)
+    meta = {"BLOCK_B": 16 if n_queries <= 16 else 64, "BLOCK_N": _INTERPRETER_BLOCK_N, "BLOCK_K": block_k}
+    if kernel != "fwd":
+        meta["BLOCK_DO"] = block_k
+    return triton.Config(meta)
+
+
 class _Config:
-    """Block sizes and item splits for one call."""
+    """Candidate configurations of the three kernels and the item splits for one call."""
 
     def __init__(self, queries: torch.Tensor, n_items: int):
         n_queries, dim = queries.shape
-        if dim > MAX_DIM:
-            raise KernelInputError(f"linear_cross_entropy: the Triton kernel supports d <= {MAX_DIM}, got {dim}; "
-                                   "use backend='torch'")
         self.interpreted = is_interpreted(_lce_fwd_kernel)
         if queries.device.type == "cpu" and not self.interpreted:
             raise BackendUnavailableError(
                 "linear_cross_entropy: the Triton kernels were compiled for GPU (TRITON_INTERPRET was off when "
                 "they were first loaded), so they cannot take CPU tensors"
             )
-        self.block_d = max(16, triton.next_power_of_2(dim))
-        self.block_b = 16 if n_queries <= 16 else (32 if self.block_d > 128 else 64)
-        self.block_n = 32 if self.block_d > 256 else 64
-        if self.interpreted:
-            self.block_n = 128
-        n_tiles = triton.cdiv(n_items, self.block_n)
-        n_query_blocks = triton.cdiv(n_queries, self.block_b)
-        splits = 1
-        if queries.device.type == "cuda":
-            sms = torch.cuda.get_device_properties(queries.device).multi_processor_count
-            splits = max(1, min(n_tiles, triton.cdiv(4 * sms, n_query_blocks)))
-        self.items_per_split = triton.cdiv(n_tiles, splits) * self.block_n
+        self.candidates: dict[str, list[triton.Config]] = {}
+        self.tune = False
+        for kernel in ("fwd", "bwd_q", "bwd_e"):
+            forced = force_config.get(kernel)
+            if forced is not None:
+                self.candidates[kernel] = [as_config(forced)]
+            elif self.interpreted and not force_config.get("gpu"):
+                self.candidates[kernel] = [interpreter_config(kernel, n_queries, dim)]
+            else:
+                self.candidates[kernel] = cuda_configs(kernel, n_queries, dim, queries.element_size(),
+                                                       smem_budget(queries.device))
+                self.tune = not self.interpreted and autotune_enabled()
+        n_granules = triton.cdiv(n_items, SPLIT_GRANULE)
+        splits = force_config.get("splits")
+        if splits is None:
+            sms = multiprocessors(queries.device, force_config)
+            splits = 1
+            if sms is not None:
+                query_blocks = triton.cdiv(n_queries, _default_blocks(n_queries, dim, queries.element_size())[0])
+                splits = max(1, min(n_granules, triton.cdiv(4 * sms, query_blocks)))
+        splits = max(1, min(int(splits), n_granules))
+        self.items_per_split = triton.cdiv(n_granules, splits) * SPLIT_GRANULE
         self.splits = triton.cdiv(n_items, self.items_per_split)
-        self.query_blocks = n_query_blocks
-        self.item_tiles = n_tiles
-        self.upcast = queries.dtype == torch.bfloat16 and self.interpreted
-        self.precision = _precision(queries.dtype)
-
-    def meta(self) -> dict:
-        return dict(
-            BLOCK_B=self.block_b, BLOCK_N=self.block_n, BLOCK_D=self.block_d,
-            UPCAST=self.upcast, PRECISION=self.precision,
+        self.family = (_feature_pad(dim), queries.element_size(), size_bucket(n_queries), size_bucket(n_granules),
+                       self.splits > 1)
+        self.fixed = dict(
+            D_PAD=_feature_pad(dim),
+            EMULATE_BF16=queries.dtype == torch.bfloat16 and self.interpreted,
+            PRECISION=_precision(queries.dtype),
         )
+
+
+def _column_blocks(meta: dict, dim: int) -> int:
+    return 1 if meta["BLOCK_K"] >= _feature_pad(dim) else triton.cdiv(dim, meta["BLOCK_DO"])
 
 
 def lce_forward(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, cfg: _Config):
@@ -191,9 +375,11 @@ def lce_forward(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     n_queries, dim = queries.shape
     n_items = items.shape[0]
     part = torch.empty((3, cfg.splits, n_queries), dtype=torch.float32, device=queries.device)
-    _lce_fwd_kernel[(cfg.query_blocks, cfg.splits)](
-        queries, items, targets, part[0], part[1], part[2],
-        n_queries, n_items, dim, cfg.items_per_split, **cfg.meta(),
+    launch(
+        _lce_fwd_kernel,
+        lambda meta: (triton.cdiv(n_queries, meta["BLOCK_B"]), cfg.splits),
+        (queries, items, targets, part[0], part[1], part[2], n_queries, n_items, dim, cfg.items_per_split),
+        cfg.fixed, cfg.candidates["fwd"], family=("lce_fwd", *cfg.family), key=["dim"], tune=cfg.tune,
     )
     m, s, target_logit = part[0], part[1], part[2]  # (splits, B) each
     lse = torch.logsumexp(m + torch.log(s), dim=0)  # (B,)
@@ -208,16 +394,21 @@ def lce_backward(queries, items, targets, lse, grad, cfg: _Config, need_q: bool,
     dq = de = None
     if need_q:
         partial = torch.empty((cfg.splits, n_queries, dim), dtype=torch.float32, device=queries.device)
-        _lce_bwd_q_kernel[(cfg.query_blocks, cfg.splits)](
-            queries, items, targets, lse, grad, partial,
-            n_queries, n_items, dim, cfg.items_per_split, 1.0 / n_queries, **cfg.meta(),
+        launch(
+            _lce_bwd_q_kernel,
+            lambda meta: (triton.cdiv(n_queries, meta["BLOCK_B"]), cfg.splits, _column_blocks(meta, dim)),
+            (queries, items, targets, lse, grad, partial, n_queries, n_items, dim, cfg.items_per_split,
+             1.0 / n_queries),
+            cfg.fixed, cfg.candidates["bwd_q"], family=("lce_bwd_q", *cfg.family), key=["dim"], tune=cfg.tune,
         )
         dq = partial.sum(dim=0).to(queries.dtype)
     if need_e:
         de = torch.empty_like(items)
-        _lce_bwd_e_kernel[(cfg.item_tiles,)](
-            queries, items, targets, lse, grad, de,
-            n_queries, n_items, dim, 1.0 / n_queries, **cfg.meta(),
+        launch(
+            _lce_bwd_e_kernel,
+            lambda meta: (triton.cdiv(n_items, meta["BLOCK_N"]), _column_blocks(meta, dim)),
+            (queries, items, targets, lse, grad, de, n_queries, n_items, dim, 1.0 / n_queries),
+            cfg.fixed, cfg.candidates["bwd_e"], family=("lce_bwd_e", *cfg.family), key=["dim"], tune=cfg.tune,
         )
     return dq, de
 
@@ -238,7 +429,8 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         queries, items, targets, lse = ctx.saved_tensors
-        dq, de = lce_backward(
-            queries, items, targets, lse, grad, ctx.cfg, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        )
+        with autocast_disabled(queries.device):
+            dq, de = lce_backward(
+                queries, items, targets, lse, grad, ctx.cfg, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            )
         return dq, de, None

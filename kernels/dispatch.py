@@ -10,12 +10,19 @@ Every op takes ``backend=None | "triton" | "torch"``. The choice is made in this
 
 The Triton backend accepts CUDA tensors, and CPU tensors only under Triton's interpreter
 (``TRITON_INTERPRET=1``, meant for tests); anything else raises :class:`BackendUnavailableError`.
+
+Autocast: inside a ``torch.autocast`` region for the tensors' device type the public ops cast
+their inputs first (:func:`autocast_lower` for the matmul ops, :func:`autocast_promote` for the
+element-wise noise injection), then run their forward and backward with autocast switched off
+(:func:`autocast_disabled`), as ``torch.amp.custom_fwd(cast_inputs=...)`` / ``custom_bwd`` do;
+gradients flow back through the casts, so they arrive in the dtypes of the original inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -119,3 +126,50 @@ def check_int(op: str, name: str, value: object, *, low: int, high: int | None =
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise KernelInputError(f"{op}: {name} must be {bound}, got {value}")
     return value
+
+
+# --------------------------------------------------------------------------------------------
+# autocast
+# --------------------------------------------------------------------------------------------
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype of the enabled ``torch.autocast`` region for ``device``'s type, or None outside one."""
+    kind = device.type
+    try:
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know (e.g. meta)
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def autocast_disabled(device: torch.device) -> Iterator[None]:
+    """Run the body with autocast off for ``device``'s type (a no-op outside an autocast region)."""
+    if autocast_dtype(device) is None:
+        yield
+        return
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+def autocast_lower(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inside autocast (for the first tensor's device type): cast float16/bfloat16/float32 tensors to
+    the autocast dtype, as autocast does for a matmul; float64 tensors and everything outside an
+    autocast region are returned unchanged."""
+    dtype = autocast_dtype(tensors[0].device)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t.dtype in (torch.float16, torch.bfloat16, torch.float32) else t for t in tensors)
+
+
+def autocast_promote(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inside autocast (for the first tensor's device type): cast the tensors to their promoted
+    common dtype, as PyTorch's element-wise ops do under autocast; unchanged outside a region."""
+    if autocast_dtype(tensors[0].device) is None:
+        return tensors
+    common = tensors[0].dtype
+    for t in tensors[1:]:
+        common = torch.promote_types(common, t.dtype)
+    return tuple(t.to(common) for t in tensors)

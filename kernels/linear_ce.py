@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import KernelInputError, check_float_tensor, check_same, resolve_backend
+from .dispatch import (
+    KernelInputError,
+    autocast_disabled,
+    autocast_lower,
+    check_float_tensor,
+    check_same,
+    resolve_backend,
+)
 
 _OP = "linear_cross_entropy"
 _CHUNK_ELEMENTS = 1 << 22  # B·chunk logits per step of the PyTorch twin (16 MiB in float32)
@@ -64,6 +71,11 @@ class TorchLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
+        with autocast_disabled(grad.device):
+            return TorchLinearCrossEntropy._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: torch.Tensor):
         queries, items, targets, lse = ctx.saved_tensors
         compute = lse.dtype
         q, e = queries.to(compute), items.to(compute)
@@ -132,14 +144,24 @@ def linear_cross_entropy(
         ``items``. Triton copies non-contiguous inputs; fp32 matmuls follow
         ``torch.get_float32_matmul_precision()`` on GPU.
 
+    Under ``torch.autocast`` (for the device of ``queries``) float16/bfloat16/float32 inputs are
+    first cast to the autocast dtype, as autocast does for ``queries @ items.T`` (so they may
+    differ in dtype); the logits are still accumulated and the loss returned in float32, and
+    the gradients come back in the dtypes of the original inputs (rounded through the
+    autocast dtype, as autocast's own matmul gradients are).
+
     Raises:
         KernelInputError (ValueError): bad shapes, dtypes, devices or a target out of range.
     """
+    check_float_tensor("queries", queries, 2, _OP)
+    check_float_tensor("items", items, 2, _OP)
+    queries, items = autocast_lower(queries, items)
     check_inputs(queries, items, targets)
     chosen = resolve_backend(backend, queries.device, queries.dtype, op=_OP, triton_dtypes=TRITON_DTYPES)
-    if chosen == "triton":
-        from ._triton_linear_ce import TritonLinearCrossEntropy
+    with autocast_disabled(queries.device):
+        if chosen == "triton":
+            from ._triton_linear_ce import TritonLinearCrossEntropy
 
-        return TritonLinearCrossEntropy.apply(queries, items, targets)
-    chunk = _chunk_size(queries.shape[0], items.shape[0], None)
-    return TorchLinearCrossEntropy.apply(queries, items, targets, chunk)
+            return TritonLinearCrossEntropy.apply(queries, items, targets)
+        chunk = _chunk_size(queries.shape[0], items.shape[0], None)
+        return TorchLinearCrossEntropy.apply(queries, items, targets, chunk)

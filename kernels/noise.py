@@ -17,6 +17,8 @@ import torch
 
 from .dispatch import (
     KernelInputError,
+    autocast_disabled,
+    autocast_promote,
     check_float_tensor,
     check_int,
     check_same,
@@ -56,15 +58,14 @@ class TorchNoiseInject(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             compute = _compute_dtype(dz.dtype)
-            lam = torch_lambda(dz.shape, ctx.delta, ctx.seed, dz.device, compute)  # (B, L, d)
-            dx = (lam * dz.to(compute)).sum(dim=1).to(ctx.x_dtype)  # (B, d)
+            with autocast_disabled(dz.device):
+                lam = torch_lambda(dz.shape, ctx.delta, ctx.seed, dz.device, compute)  # (B, L, d)
+                dx = (lam * dz.to(compute)).sum(dim=1).to(ctx.x_dtype)  # (B, d)
         dh = dz if ctx.needs_input_grad[0] else None
         return dh, dx, None, None
 
 
 def _check_inputs(h: object, x: object, delta: object, seed: object) -> tuple[float, int]:
-    check_float_tensor("h", h, 3, _OP)
-    check_float_tensor("x", x, 2, _OP)
     check_same(_OP, h=h, x=x)
     if x.shape[0] != h.shape[0] or x.shape[1] != h.shape[2]:
         raise KernelInputError(
@@ -102,11 +103,20 @@ def noise_inject(
         (dx = Σ_l λ ⊙ dz, λ regenerated from the seed, never stored). λ is computed in float32
         (float64 for float64 inputs). Non-contiguous inputs are copied to contiguous memory
         by the Triton backend.
+
+    Under ``torch.autocast`` (for the device of ``h``) ``h`` and ``x`` are first cast to their
+    promoted dtype, as PyTorch's element-wise ops are (e.g. float32 ``h`` and bfloat16 ``x`` give
+    a float32 ``z``); the gradients come back in the original dtypes. Outside autocast, ``h``
+    and ``x`` must share a dtype.
     """
+    check_float_tensor("h", h, 3, _OP)
+    check_float_tensor("x", x, 2, _OP)
+    h, x = autocast_promote(h, x)
     delta, seed = _check_inputs(h, x, delta, seed)
     chosen = resolve_backend(backend, h.device, h.dtype, op=_OP)
-    if chosen == "triton":
-        from ._triton_noise import TritonNoiseInject
+    with autocast_disabled(h.device):
+        if chosen == "triton":
+            from ._triton_noise import TritonNoiseInject
 
-        return TritonNoiseInject.apply(h, x, delta, seed)
-    return TorchNoiseInject.apply(h, x, delta, seed)
+            return TritonNoiseInject.apply(h, x, delta, seed)
+        return TorchNoiseInject.apply(h, x, delta, seed)

@@ -35,6 +35,8 @@ import torch
 
 from .dispatch import (
     KernelInputError,
+    autocast_disabled,
+    autocast_lower,
     check_float_tensor,
     check_int,
     check_same,
@@ -278,7 +280,10 @@ def inner_product_topk(
         ``(scores, indices)``: (B, k) scores in the dtype of ``queries`` (Triton accumulates in
         float32; fp32 follows ``torch.get_float32_matmul_precision()``, so on GPU "high" means
         TF32), and (B, k) int64 item indices, sorted by score descending, ties by lower index.
-        Not differentiable (inputs are detached). Triton copies non-contiguous inputs.
+        Not differentiable (inputs are detached). Triton copies non-contiguous inputs. Under
+        ``torch.autocast`` (for the device of ``queries``) float16/bfloat16/float32 inputs are
+        first cast to the autocast dtype, as autocast does for ``queries @ items.T``; the
+        scores are then in that dtype.
 
     Raises:
         KernelInputError (ValueError): mismatched shapes, dtypes or devices, ``k`` out of range,
@@ -286,6 +291,7 @@ def inner_product_topk(
     """
     check_float_tensor("queries", queries, 2, _OP)
     check_float_tensor("items", items, 2, _OP)
+    queries, items = autocast_lower(queries.detach(), items.detach())
     check_same(_OP, queries=queries, items=items)
     n_queries, dim = queries.shape
     n_items = items.shape[0]
@@ -303,10 +309,13 @@ def inner_product_topk(
     chosen = resolve_backend(backend, queries.device, queries.dtype, op=_OP, triton_dtypes=TRITON_DTYPES)
     if n_queries == 0:
         return queries.new_empty((0, k)), torch.empty((0, k), dtype=torch.int64, device=queries.device)
-    if chosen == "triton":
-        if k > TRITON_MAX_K:
-            raise KernelInputError(f"{_OP}: the Triton kernel supports k <= {TRITON_MAX_K}, got {k}; use backend='torch'")
-        from ._triton_topk import triton_topk
+    with autocast_disabled(queries.device):
+        if chosen == "triton":
+            if k > TRITON_MAX_K:
+                raise KernelInputError(
+                    f"{_OP}: the Triton kernel supports k <= {TRITON_MAX_K}, got {k}; use backend='torch'"
+                )
+            from ._triton_topk import triton_topk
 
-        return triton_topk(queries.detach(), items.detach(), k, exclusion)
-    return torch_topk(queries, items, k, exclusion)
+            return triton_topk(queries, items, k, exclusion)
+        return torch_topk(queries, items, k, exclusion)

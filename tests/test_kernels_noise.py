@@ -167,3 +167,169 @@ def test_bad_input_raises_value_error(h, x, delta, seed, message, backend):
         noise_inject(h, x, delta, seed, backend=backend)
     with pytest.raises(KernelInputError):
         noise_inject(h, x, delta, seed, backend=backend)
+
+
+# --------------------------------------------------------------------------------------------
+# Philox counter width, launch configurations, bf16 rounding, autocast
+# --------------------------------------------------------------------------------------------
+
+
+def _triton_noise():
+    device_for("triton")  # skips without Triton
+    from diffrec.kernels import _triton_noise
+
+    return _triton_noise
+
+
+def test_counter_width_is_int32_unless_the_largest_counter_overflows():
+    tn = _triton_noise()
+    assert tn.philox_layout(128) == (32, 1) and tn.philox_layout(1024) == (64, 4) and tn.philox_layout(300) == (64, 2)
+    # realistic training and evaluation shapes: int32 counters
+    for n_rows, d in ((512 * 50, 64), (512 * 50, 128), (4096 * 200, 256), (1, 1), (8192 * 200, 1024)):
+        assert tn.counter_bits(n_rows, d) == 32
+    # d = 128: 32 counters per row, so 2**26 rows reach exactly 2**31 counters (largest 2**31 - 1)
+    assert tn.counter_bits(2**26, 128) == 32
+    assert tn.counter_bits(2**26 + 1, 128) == 64
+    # d = 1024: 4 tiles x 64 counters per row
+    assert tn.counter_bits(2**23, 1024) == 32
+    assert tn.counter_bits(2**23 + 1, 1024) == 64
+    assert tn.counter_bits(10**10, 8) == 64
+    with pytest.raises(ValueError, match="cannot address"), tn.force_config(counter_bits=32):
+        tn.choose_counter_bits(2**30, 1024)
+
+
+def test_kernels_get_the_counter_width_of_the_shape(monkeypatch):
+    tn = _triton_noise()
+    seen = []
+    real_launch = tn.launch
+
+    def spy(kernel, grid, args, fixed, *rest, **kw):
+        seen.append(fixed["WIDE"])
+        return real_launch(kernel, grid, args, fixed, *rest, **kw)
+
+    monkeypatch.setattr(tn, "launch", spy)
+    device = device_for("triton")
+    h = torch.randn(2, 3, 40, device=device, requires_grad=True)
+    x = torch.randn(2, 40, device=device, requires_grad=True)
+    noise_inject(h, x, 0.3, 1, backend="triton").sum().backward()
+    assert seen == [False, False]  # forward and backward, int32
+    seen.clear()
+    monkeypatch.setattr(tn, "counter_bits", lambda n_rows, d: 64)  # as for a huge launch
+    noise_inject(h, x, 0.3, 1, backend="triton").sum().backward()
+    assert seen == [True, True]
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("shape", [(3, 7, 37), (2, 5, 300), (1, 33, 1024)])
+def test_both_counter_widths_regenerate_the_same_lambda(bits, shape):
+    tn = _triton_noise()
+    device = device_for("triton")
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(shape, generator=gen).to(device).requires_grad_()
+    x = torch.randn(shape[0], shape[2], generator=gen).to(device).requires_grad_()
+    dz = torch.randn(shape, generator=gen).to(device)
+    with tn.force_config(counter_bits=bits):
+        lam = lambdas(shape, 0.3, 17, "triton", device)
+        z = noise_inject(h, x, 0.3, 17, backend="triton")
+    torch.testing.assert_close(z, h + lam * x[:, None, :], rtol=1e-6, atol=1e-6)  # a GPU fuses the multiply-add
+    # the backward runs outside the override: it must reuse the width the forward chose
+    dh, dx = torch.autograd.grad(z, (h, x), dz)
+    torch.testing.assert_close(dx, (lam * dz).sum(dim=1), rtol=1e-5, atol=1e-5)
+    assert torch.equal(dh, dz)
+
+
+def test_wide_counters_draw_gaussian_lambda():
+    tn = _triton_noise()
+    delta = 0.5
+    with tn.force_config(counter_bits=64):
+        lam = lambdas((32, 32, 64), delta, 2024, "triton", device_for("triton")).double().cpu()
+    n = lam.numel()
+    assert abs(lam.mean().item() - delta) < 6 * delta / n**0.5
+    assert abs(lam.std().item() - delta) < 6 * delta * (0.5 / n) ** 0.5
+    assert abs(((lam - delta).abs() < delta).double().mean().item() - 0.6827) < 0.015
+    centred = (lam - delta).reshape(-1, 64)
+    for shift in (1, 16):
+        corr = (centred[:, :-shift] * centred[:, shift:]).mean() / centred.var()
+        assert abs(corr.item()) < 0.03
+
+
+def _noise_cases():
+    """(shape, fwd config, bwd config) with every CUDA candidate and a few odd row counts."""
+    device_for("triton")
+    from diffrec.kernels._triton_noise import bwd_configs, fwd_configs
+
+    cases = []
+    for shape in ((3, 7, 37), (2, 9, 1024)):
+        fwd, bwd = fwd_configs(shape[2]), bwd_configs(shape[2])
+        for i in range(max(len(fwd), len(bwd))):
+            cases.append((shape, fwd[min(i, len(fwd) - 1)], bwd[min(i, len(bwd) - 1)]))
+    cases.append(((3, 7, 37), {"ROWS": 2}, {"ROWS": 4}))  # many row blocks and loop steps
+    return cases
+
+
+def test_every_block_configuration_draws_the_same_lambda():
+    """λ depends on (seed, shape) only: every CUDA candidate of ROWS/warps, forced in the
+    interpreter, gives bit-identical z and the same dx as the interpreter's fixed configuration."""
+    tn = _triton_noise()
+    device = device_for("triton")
+    for shape, fwd, bwd in _noise_cases():
+        gen = torch.Generator().manual_seed(6)
+        h = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        x = torch.randn(shape[0], shape[2], generator=gen).to(device).requires_grad_()
+        dz = torch.randn(shape, generator=gen).to(device)
+        z_ref = noise_inject(h, x, 0.2, 9, backend="triton")
+        (dx_ref,) = torch.autograd.grad(z_ref, (x,), dz)
+        with tn.force_config(fwd=fwd, bwd=bwd):
+            z = noise_inject(h, x, 0.2, 9, backend="triton")
+            (dx,) = torch.autograd.grad(z, (x,), dz)
+        assert torch.equal(z, z_ref), (shape, fwd, bwd)
+        torch.testing.assert_close(dx, dx_ref, rtol=1e-6, atol=1e-6)
+    with tn.force_config(gpu=True):  # the CUDA defaults, as a GPU runs them
+        z = noise_inject(h, x, 0.2, 9, backend="triton")
+    assert torch.equal(z, z_ref)
+
+
+def _bf16_ulp_mismatch(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(fraction not bit-equal, fraction more than one bf16 ulp away)."""
+    got, expected = got.float(), expected.float()
+    far = (got - expected).abs() > expected.abs() * 2**-7 + 1e-30
+    return (got != expected).double().mean().item(), far.double().mean().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_outputs_are_rounded_to_nearest_even(backend):
+    """z and dx are computed in float32 and rounded once to bf16 to nearest-even (as a GPU and the
+    twin do; the interpreter's own cast truncates, which would miss about half of them)."""
+    device = device_for(backend)
+    gen = torch.Generator().manual_seed(7)
+    h = torch.randn(8, 20, 72, generator=gen).to(device=device, dtype=torch.bfloat16).requires_grad_()
+    x = torch.randn(8, 72, generator=gen).to(device=device, dtype=torch.bfloat16).requires_grad_()
+    dz = torch.randn(8, 20, 72, generator=gen).to(device=device, dtype=torch.bfloat16)
+    lam = lambdas((8, 20, 72), 0.3, 5, backend, device)  # float32, the same λ
+    z = noise_inject(h, x, 0.3, 5, backend=backend)
+    (dx,) = torch.autograd.grad(z, (x,), dz)
+    not_equal, far = _bf16_ulp_mismatch(z, (h.float() + lam * x.float()[:, None, :]).bfloat16())
+    assert not_equal <= 0.02 and far == 0.0  # fused multiply-adds on a GPU may move a few ties
+    not_equal, far = _bf16_ulp_mismatch(dx, (lam * dz.float()).sum(dim=1).bfloat16())
+    assert not_equal <= 0.05 and far == 0.0  # float32 sums in another order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_promotes_mixed_inputs(backend):
+    device = device_for(backend)
+    gen = torch.Generator().manual_seed(8)
+    h = torch.randn(3, 5, 24, generator=gen).to(device).requires_grad_()  # float32 (e.g. after a LayerNorm)
+    x = torch.randn(3, 24, generator=gen).to(device=device, dtype=torch.bfloat16).requires_grad_()  # a Linear's output
+    dz = torch.randn(3, 5, 24, generator=gen).to(device)
+    with pytest.raises(KernelInputError, match="dtype"):
+        noise_inject(h, x, 0.3, 4, backend=backend)
+    lam = lambdas((3, 5, 24), 0.3, 4, backend, device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        z = noise_inject(h, x, 0.3, 4, backend=backend)
+        same = noise_inject(h.bfloat16(), x, 0.3, 4, backend=backend)
+        dh, dx = torch.autograd.grad(z, (h, x), dz)  # a backward inside the region too
+    assert z.dtype == torch.float32 and same.dtype == torch.bfloat16
+    torch.testing.assert_close(z, h + lam * x.float()[:, None, :], rtol=1e-6, atol=1e-6)
+    assert dh.dtype == torch.float32 and dx.dtype == torch.bfloat16
+    torch.testing.assert_close(dh, dz)
+    torch.testing.assert_close(dx.float(), (lam * dz).sum(dim=1), rtol=2**-7, atol=1e-2)

@@ -144,6 +144,113 @@ def test_triton_rejects_large_k_and_float64():
 
 
 # --------------------------------------------------------------------------------------------
+# Triton paths only CUDA takes by default (forced in the interpreter), bf16, autocast
+# --------------------------------------------------------------------------------------------
+
+
+def _triton_topk_module():
+    triton_device()  # skips without Triton
+    from diffrec.kernels import _triton_topk
+
+    return _triton_topk
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Record (grid, meta) of every top-K kernel launch."""
+    tt = _triton_topk_module()
+    seen = []
+    real_launch = tt.launch
+
+    def spy(kernel, grid, args, fixed, configs, **kw):
+        used = real_launch(kernel, grid, args, fixed, configs, **kw)
+        meta = dict(fixed, **used.kwargs)
+        seen.append((grid(meta) if callable(grid) else grid, meta))
+        return used
+
+    monkeypatch.setattr(tt, "launch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dim, chunk", [(200, 16), (200, 64), (1000, None), (40, 16)])
+def test_triton_feature_dimension_streamed_in_chunks(dim, chunk, launches):
+    """d larger than one chunk: scores accumulated over d-chunks (a small chunk forced, or the
+    interpreter's 256-column chunk for d = 1000) equal the reference exactly on integer data."""
+    tt = _triton_topk_module()
+    device = triton_device()
+    queries, items = small_int_data(20, 300, dim, seed=dim, device=device)
+    ref_v, ref_i = reference(queries, items, 10)
+    config = None if chunk is None else {"BLOCK_B": 16, "BLOCK_N": 64, "BLOCK_K": chunk}
+    with tt.force_config(config=config):
+        scores, ids = inner_product_topk(queries, items, 10, backend="triton")
+    assert torch.equal(ids.cpu(), ref_i) and torch.equal(scores.double().cpu(), ref_v)
+    (_, meta), = launches
+    assert meta["BLOCK_K"] < meta["D_PAD"]  # the d-loop ran, not one block holding d
+
+
+@pytest.mark.parametrize("batch, n_items, dim, k", [(40, 700, 48, 10), (20, 300, 300, 20), (9, 260, 24, 70)])
+def test_triton_every_cuda_configuration_and_split_path(batch, n_items, dim, k, launches):
+    """Every autotuning candidate for CUDA (block sizes, d chunks), run in the interpreter with
+    CUDA's split count (132 multiprocessors), returns the exact top-K; so does the CUDA default."""
+    tt = _triton_topk_module()
+    device = triton_device()
+    queries, items = small_int_data(batch, n_items, dim, seed=k, device=device)
+    history = torch.randint(0, n_items, (batch, 7), generator=torch.Generator().manual_seed(k)).to(device)
+    ref_v, ref_i = reference(queries, items, k, history)
+    configs = tt.cuda_configs(k, dim, batch)
+    assert configs[0].kwargs["BLOCK_N"] == 64  # not the interpreter's 128
+    for config in [None, *configs]:
+        with tt.force_config(gpu=True, config=config):
+            scores, ids = inner_product_topk(queries, items, k, exclude=history, backend="triton")
+        assert torch.equal(ids.cpu(), ref_i), config
+        assert torch.equal(scores.double().cpu(), ref_v), config
+    grid, _ = launches[0]
+    assert grid[1] == triton_cdiv(n_items, tt.SPLIT_GRANULE) > 1  # one split per 128 items at this size
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def test_triton_bf16_against_the_twin():
+    """bf16 inputs: the kernel multiplies bf16 values exactly and accumulates in float32, then rounds
+    the scores to bf16 (nearest-even). Stated tolerances: ids are the exact top-K up to float32
+    accumulation (1e-4), scores are within half a bf16 ulp of the exact score of their id, and
+    within one bf16 ulp of the twin's (which rounds its own float32-accumulated matmul)."""
+    device = triton_device()
+    gen = torch.Generator().manual_seed(21)
+    queries = torch.randn(24, 96, generator=gen).to(device=device, dtype=torch.bfloat16)
+    items = torch.randn(600, 96, generator=gen).to(device=device, dtype=torch.bfloat16)
+    scores, ids = inner_product_topk(queries, items, 16, backend="triton")
+    assert scores.dtype == torch.bfloat16
+    exact = queries.double().cpu() @ items.double().cpu().T  # the bf16 values, exactly
+    kth = torch.topk(exact, 16, dim=1).values[:, -1]
+    got = exact.gather(1, ids.cpu())
+    assert (got >= kth[:, None] - 1e-4).all()
+    half_ulp = got.abs() * 2**-8 + 1e-4
+    assert ((scores.double().cpu() - got).abs() <= half_ulp).all()
+    twin_scores, _ = inner_product_topk(queries, items, 16, backend="torch")
+    torch.testing.assert_close(scores.float(), twin_scores.float(), rtol=2**-7, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_autocast_casts_inputs_to_the_autocast_dtype(backend):
+    device = triton_device() if backend == "triton" else kernel_device("torch")
+    queries, items = small_int_data(12, 300, 24, seed=22, device=device)  # exact in bf16
+    ref_v, ref_i = reference(queries, items, 9)
+    with pytest.raises(KernelInputError, match="dtype"):
+        inner_product_topk(queries.bfloat16(), items, 9, backend=backend)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        scores, ids = inner_product_topk(queries, items, 9, backend=backend)
+        mixed_scores, mixed_ids = inner_product_topk(queries.bfloat16(), items, 9, backend=backend)
+        wide_scores, _ = inner_product_topk(queries.double(), items.double(), 9, backend="torch")
+    assert scores.dtype == mixed_scores.dtype == torch.bfloat16
+    assert wide_scores.dtype == torch.float64  # float64 is not autocast
+    assert torch.equal(ids.cpu(), ref_i) and torch.equal(mixed_ids.cpu(), ref_i)
+    assert torch.equal(scores.double().cpu(), ref_v)
+
+
+# --------------------------------------------------------------------------------------------
 # PyTorch twin: exact contract (property tests)
 # --------------------------------------------------------------------------------------------
 
