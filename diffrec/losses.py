@@ -3,13 +3,17 @@
 A ``loss`` part is called as ``loss(x0_hat, item_weight, targets)`` with
 x0_hat (B, d), the item-embedding table (N + 1, d) and target ids (B,), and
 returns the per-example loss (B,) so that timestep samplers can reweight and
-learn from it. A loss that can only return the batch mean (a fused kernel)
-sets ``per_example = False`` and cannot be combined with a learning sampler.
+learn from it. A loss that can only return the batch mean sets
+``per_example = False`` and cannot be combined with a learning sampler.
+
+The cross-entropy over a catalogue larger than :data:`FUSE_ABOVE` items is computed by the fused
+linear cross-entropy (:func:`diffrec.kernels.linear_cross_entropy`), which never holds the
+B x (N + 1) logits; below it, by the plain ``x0_hat @ E.T`` of the paper's Eq. 19-20.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +29,38 @@ class Loss(Protocol):
     def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
+#: catalogues (rows of the item table) larger than this train the ``ce`` loss through the fused kernel
+FUSE_ABOVE = 200_000
+
+
+def fused_cross_entropy(x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor, over_padding: bool, backend: str | None) -> torch.Tensor:
+    """Per-example softmax cross-entropy of x0_hat . e_i without the B x (N + 1) logits."""
+    if over_padding:
+        return linear_cross_entropy(x0_hat, item_weight, targets, reduction="none", backend=backend)  # (B,)
+    return linear_cross_entropy(x0_hat, item_weight[1:], targets - 1, reduction="none", backend=backend)  # (B,)
+
+
 @register("loss", "ce")
 class CrossEntropyLoss:
-    """Softmax cross-entropy of x0_hat . e_i over the whole catalogue (Eq. 19-20)."""
+    """Softmax cross-entropy of x0_hat . e_i over the whole catalogue (Eq. 19-20); fused above 200,000 items."""
 
     per_example = True
 
-    def __init__(self, over_padding: bool = True) -> None:
+    def __init__(
+        self,
+        over_padding: bool = True,
+        backend: str | None = None,
+        *,
+        fused: Annotated[Literal["auto", "always", "never"], "the fused kernel (no B x N logits): auto = above 200,000 items"] = "auto",
+    ) -> None:
         #: the public code's softmax also covers the padding id 0
         self.over_padding = over_padding
+        self.backend = backend
+        self.fused = fused
 
     def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.fused == "always" or (self.fused == "auto" and item_weight.shape[0] > FUSE_ABOVE):
+            return fused_cross_entropy(x0_hat, item_weight, targets, self.over_padding, self.backend)
         logits = x0_hat @ item_weight.t()  # (B, N + 1)
         if not self.over_padding:
             logits = logits.clone()
@@ -68,15 +93,13 @@ class CosineErrorLoss:
 
 @register("loss", "ce_fused")
 class FusedCrossEntropyLoss:
-    """The ``ce`` loss through the fused linear cross-entropy kernel: no B x (N + 1) logits (batch mean only)."""
+    """The ``ce`` loss always through the fused linear cross-entropy kernel: no B x (N + 1) logits."""
 
-    per_example = False
+    per_example = True
 
     def __init__(self, over_padding: bool = True, backend: str | None = None) -> None:
         self.over_padding = over_padding
         self.backend = backend
 
     def __call__(self, x0_hat: torch.Tensor, item_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.over_padding:
-            return linear_cross_entropy(x0_hat, item_weight, targets, backend=self.backend)
-        return linear_cross_entropy(x0_hat, item_weight[1:], targets - 1, backend=self.backend)
+        return fused_cross_entropy(x0_hat, item_weight, targets, self.over_padding, self.backend)  # (B,)

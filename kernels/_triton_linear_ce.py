@@ -5,7 +5,9 @@ tiles, computes the (BLOCK_B, BLOCK_N) logits with ``tl.dot`` and keeps an onlin
 log-sum-exp (running max ``m`` and rescaled sum ``s``) plus the target logit when the target
 falls in the split. The launcher combines the splits' ``(m, s)`` into the row log-sum-exp.
 
-Backward, with ``P = softmax(logits) - onehot(targets)`` scaled by ``g / B``, recomputed tile by
+The forward returns each row's loss; a reduction (mean, sum) is applied outside by PyTorch, so
+the backward receives one upstream gradient ``g_b`` per row. With
+``P = (softmax(logits) - onehot(targets))`` scaled row by row by ``g_b``, recomputed tile by
 tile from the saved log-sum-exp (no atomics, deterministic):
 
 * ``dq = P @ E``: grid (query blocks, item splits, column blocks), each program accumulates a
@@ -132,16 +134,16 @@ def _lce_fwd_kernel(
 
 @triton.jit
 def _scaled_probs(logits, ids, n_items, targets, lse, scale):
-    """(softmax - onehot) · scale for a (BB, BN) tile of float32 logits; zero outside the valid items."""
+    """(softmax - onehot) · scale (one per row) for a (BB, BN) tile of float32 logits; zero outside the valid items."""
     probs = tl.exp(logits - lse[:, None])
     probs = tl.where(ids[None, :] == targets[:, None], probs - 1.0, probs)
-    return tl.where((ids < n_items)[None, :], probs * scale, 0.0)
+    return tl.where((ids < n_items)[None, :], probs * scale[:, None], 0.0)
 
 
 @triton.jit
 def _lce_bwd_q_kernel(
     q_ptr, e_ptr, t_ptr, lse_ptr, g_ptr, dq_ptr,
-    n_queries, n_items, dim, items_per_split, inv_batch,
+    n_queries, n_items, dim, items_per_split,
     D_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_DO: tl.constexpr, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -160,7 +162,7 @@ def _lce_bwd_q_kernel(
         acc = tl.zeros((BLOCK_B, BLOCK_DO), dtype=tl.float32)
     targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    scale = tl.load(g_ptr).to(tl.float32) * inv_batch
+    scale = tl.load(g_ptr + rows, mask=row_mask, other=0.0)  # (BB,) upstream gradient per row
     start = split * items_per_split
     stop = tl.minimum(start + items_per_split, n_items)
     for n0 in range(start, stop, BLOCK_N):
@@ -182,7 +184,7 @@ def _lce_bwd_q_kernel(
 @triton.jit
 def _lce_bwd_e_kernel(
     q_ptr, e_ptr, t_ptr, lse_ptr, g_ptr, de_ptr,
-    n_queries, n_items, dim, inv_batch,
+    n_queries, n_items, dim,
     D_PAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_DO: tl.constexpr, EMULATE_BF16: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -197,12 +199,12 @@ def _lce_bwd_e_kernel(
     else:
         out_cols = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
         acc = tl.zeros((BLOCK_N, BLOCK_DO), dtype=tl.float32)
-    scale = tl.load(g_ptr).to(tl.float32) * inv_batch
     for b0 in range(0, n_queries, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         row_mask = rows < n_queries
         targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+        scale = tl.load(g_ptr + rows, mask=row_mask, other=0.0)  # (BB,)
         if BLOCK_K >= D_PAD:
             q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
             logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)
@@ -371,7 +373,7 @@ def _column_blocks(meta: dict, dim: int) -> int:
 
 
 def lce_forward(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, cfg: _Config):
-    """Return ``(loss, lse)``: the mean loss (0-d float32) and the row log-sum-exp (B,) float32."""
+    """Return ``(loss, lse)``: each row's loss and log-sum-exp, (B,) float32 each."""
     n_queries, dim = queries.shape
     n_items = items.shape[0]
     part = torch.empty((3, cfg.splits, n_queries), dtype=torch.float32, device=queries.device)
@@ -383,11 +385,11 @@ def lce_forward(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     )
     m, s, target_logit = part[0], part[1], part[2]  # (splits, B) each
     lse = torch.logsumexp(m + torch.log(s), dim=0)  # (B,)
-    return (lse - target_logit.sum(dim=0)).mean(), lse
+    return lse - target_logit.sum(dim=0), lse
 
 
 def lce_backward(queries, items, targets, lse, grad, cfg: _Config, need_q: bool, need_e: bool):
-    """Return ``(dq, de)`` (None where not needed) for the upstream gradient ``grad`` (0-d)."""
+    """Return ``(dq, de)`` (None where not needed) for the rows' upstream gradients ``grad`` (B,)."""
     n_queries, dim = queries.shape
     n_items = items.shape[0]
     grad = grad.to(torch.float32).contiguous()
@@ -397,8 +399,7 @@ def lce_backward(queries, items, targets, lse, grad, cfg: _Config, need_q: bool,
         launch(
             _lce_bwd_q_kernel,
             lambda meta: (triton.cdiv(n_queries, meta["BLOCK_B"]), cfg.splits, _column_blocks(meta, dim)),
-            (queries, items, targets, lse, grad, partial, n_queries, n_items, dim, cfg.items_per_split,
-             1.0 / n_queries),
+            (queries, items, targets, lse, grad, partial, n_queries, n_items, dim, cfg.items_per_split),
             cfg.fixed, cfg.candidates["bwd_q"], family=("lce_bwd_q", *cfg.family), key=["dim"], tune=cfg.tune,
         )
         dq = partial.sum(dim=0).to(queries.dtype)
@@ -407,7 +408,7 @@ def lce_backward(queries, items, targets, lse, grad, cfg: _Config, need_q: bool,
         launch(
             _lce_bwd_e_kernel,
             lambda meta: (triton.cdiv(n_items, meta["BLOCK_N"]), _column_blocks(meta, dim)),
-            (queries, items, targets, lse, grad, de, n_queries, n_items, dim, 1.0 / n_queries),
+            (queries, items, targets, lse, grad, de, n_queries, n_items, dim),
             cfg.fixed, cfg.candidates["bwd_e"], family=("lce_bwd_e", *cfg.family), key=["dim"], tune=cfg.tune,
         )
     return dq, de

@@ -1,8 +1,9 @@
 """Linear cross-entropy over a whole catalogue without materialising the B×N logits.
 
-``linear_cross_entropy(queries, items, targets)`` equals
-``torch.nn.functional.cross_entropy(queries @ items.T, targets)`` (mean over the batch), with
-gradients for ``queries`` and ``items``. The log-sum-exp is accumulated online over item
+``linear_cross_entropy(queries, items, targets, reduction=...)`` equals
+``torch.nn.functional.cross_entropy(queries @ items.T, targets, reduction=...)`` (``"mean"``,
+``"sum"`` or ``"none"``: each row's loss, for samplers that learn from them), with gradients
+for ``queries`` and ``items``. The log-sum-exp is accumulated online over item
 tiles; the backward recomputes each tile's logits from the saved inputs and the per-row
 log-sum-exp, so extra memory is O(B·chunk) (PyTorch twin) or O(B + N·d) (Triton) instead of
 O(B·N).
@@ -66,7 +67,7 @@ class TorchLinearCrossEntropy(torch.autograd.Function):
         target_logit = (q * e[targets]).sum(dim=1)  # (B,)
         ctx.save_for_backward(queries, items, targets, lse)
         ctx.chunk = chunk
-        return (lse - target_logit).mean()
+        return lse - target_logit  # (B,) each row's loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -80,7 +81,7 @@ class TorchLinearCrossEntropy(torch.autograd.Function):
         compute = lse.dtype
         q, e = queries.to(compute), items.to(compute)
         n_queries = q.shape[0]
-        scale = grad.to(compute) / n_queries  # 0-d
+        scale = grad.to(compute)[:, None]  # (B, 1) upstream gradient per row
         need_q, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dq = torch.zeros_like(q) if need_q else None  # (B, d)
         de = torch.empty_like(e) if need_e else None  # (N, d)
@@ -89,7 +90,7 @@ class TorchLinearCrossEntropy(torch.autograd.Function):
             block = e[start : start + ctx.chunk]  # (c, d)
             probs = buffer[:, : block.shape[0]]  # (B, c)
             torch.matmul(q, block.T, out=probs)
-            probs.sub_(lse[:, None]).exp_().mul_(scale)  # softmax · g / B
+            probs.sub_(lse[:, None]).exp_().mul_(scale)  # softmax · g_b
             if need_q:
                 dq.addmm_(probs, block)
             if need_e:
@@ -119,7 +120,7 @@ def check_inputs(queries: object, items: object, targets: object) -> None:
     if targets.device != queries.device:
         raise KernelInputError(f"{_OP}: targets are on {targets.device} but queries are on {queries.device}")
     if queries.shape[0] == 0:
-        raise KernelInputError(f"{_OP}: the batch is empty (the mean over no rows is undefined)")
+        raise KernelInputError(f"{_OP}: the batch is empty")
     if items.shape[0] == 0:
         raise KernelInputError(f"{_OP}: there are no items")
     low, high = int(targets.min()), int(targets.max())
@@ -128,20 +129,29 @@ def check_inputs(queries: object, items: object, targets: object) -> None:
         raise KernelInputError(f"{_OP}: target {bad} is outside [0, {items.shape[0]})")
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
 def linear_cross_entropy(
-    queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, *, backend: str | None = None
+    queries: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``queries @ items.T`` against ``targets``, without B×N logits.
+    """Cross-entropy of ``queries @ items.T`` against ``targets``, without B×N logits.
 
     Args:
         queries: (B, d) float tensor, B >= 1.
         items: (N, d) float tensor, same dtype and device.
         targets: (B,) int64 in [0, N) (no ignore_index).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the (B,) row losses).
         backend: ``"triton"``, ``"torch"`` or None (see :mod:`diffrec.kernels.dispatch`).
 
     Returns:
-        0-d loss in float32 (float64 for float64 inputs), differentiable in ``queries`` and
-        ``items``. Triton copies non-contiguous inputs; fp32 matmuls follow
+        The loss (0-d, or (B,) for ``"none"``) in float32 (float64 for float64 inputs),
+        differentiable in ``queries`` and ``items``. Triton copies non-contiguous inputs; fp32 matmuls follow
         ``torch.get_float32_matmul_precision()`` on GPU.
 
     Under ``torch.autocast`` (for the device of ``queries``) float16/bfloat16/float32 inputs are
@@ -153,6 +163,8 @@ def linear_cross_entropy(
     Raises:
         KernelInputError (ValueError): bad shapes, dtypes, devices or a target out of range.
     """
+    if reduction not in REDUCTIONS:
+        raise KernelInputError(f"{_OP}: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     check_float_tensor("queries", queries, 2, _OP)
     check_float_tensor("items", items, 2, _OP)
     queries, items = autocast_lower(queries, items)
@@ -162,6 +174,10 @@ def linear_cross_entropy(
         if chosen == "triton":
             from ._triton_linear_ce import TritonLinearCrossEntropy
 
-            return TritonLinearCrossEntropy.apply(queries, items, targets)
-        chunk = _chunk_size(queries.shape[0], items.shape[0], None)
-        return TorchLinearCrossEntropy.apply(queries, items, targets, chunk)
+            rows = TritonLinearCrossEntropy.apply(queries, items, targets)  # (B,)
+        else:
+            chunk = _chunk_size(queries.shape[0], items.shape[0], None)
+            rows = TorchLinearCrossEntropy.apply(queries, items, targets, chunk)  # (B,)
+        if reduction == "none":
+            return rows
+        return rows.mean() if reduction == "mean" else rows.sum()

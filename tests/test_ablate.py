@@ -63,11 +63,11 @@ def test_a_second_invocation_reuses_every_run(grid):
 
 def test_an_invalid_combination_is_refused_and_the_others_go_on(tmp_path):
     out = tmp_path / "refused"
-    proc = diffrec("ablate", "--out", out, "--grid", "loss=ce,ce_fused", "--grid", "timestep_sampler=uniform,loss_aware", "--seeds", "1", *TINY)
+    proc = diffrec("ablate", "--out", out, "--grid", "model=diffurec,preferdiff", "--grid", "loss=mse,ce", "--seeds", "1", *TINY)
     assert proc.returncode == 0, proc.stderr[-2000:]
     cells = json.loads((out / "ablation.json").read_text())["cells"]
-    assert cells["loss=ce_fused, timestep_sampler=loss_aware"]["status"] == "refused"
-    assert "per-example" in cells["loss=ce_fused, timestep_sampler=loss_aware"]["reason"]
+    assert cells["model=preferdiff, loss=ce"]["status"] == "refused"
+    assert "compares reconstruction errors" in cells["model=preferdiff, loss=ce"]["reason"]
     assert sum(c["status"] == "ok" for c in cells.values()) == 3
 
 

@@ -113,7 +113,7 @@ def test_non_contiguous_inputs(backend):
 def test_torch_twin_chunk_sizes(chunk):
     queries, items, targets = problem(6, 50, 8, "cpu", dtype=torch.float64, seed=5)
     ref_loss, ref_dq, ref_de = reference(queries, items, targets)
-    loss = TorchLinearCrossEntropy.apply(queries, items, targets, min(chunk, 50))
+    loss = TorchLinearCrossEntropy.apply(queries, items, targets, min(chunk, 50)).mean()
     dq, de = torch.autograd.grad(loss, (queries, items))
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(dq, ref_dq)
@@ -124,7 +124,36 @@ def test_torch_twin_chunk_sizes(chunk):
 def test_torch_twin_gradcheck_float64(chunk):
     queries, items, targets = problem(3, 12, 4, "cpu", dtype=torch.float64, seed=5)
     assert torch.autograd.gradcheck(lambda q, e: TorchLinearCrossEntropy.apply(q, e, targets, chunk), (queries, items))
-    assert torch.autograd.gradcheck(lambda q, e: linear_cross_entropy(q, e, targets, backend="torch"), (queries, items))
+    for reduction in ("mean", "sum", "none"):
+        assert torch.autograd.gradcheck(lambda q, e: linear_cross_entropy(q, e, targets, reduction=reduction, backend="torch"), (queries, items))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("batch, n_items, dim", [(70, 129, 20), (5, 300, 37)])
+def test_reductions_with_a_gradient_per_row(backend, reduction, batch, n_items, dim):
+    """Each row's loss, and gradients for a different upstream gradient on every row (some zero, some negative)."""
+    device = device_for(backend)
+    queries, items, targets = problem(batch, n_items, dim, device, seed=11)
+    upstream = torch.randn(batch, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    upstream[::4] = 0.0
+    q = queries.detach().double().requires_grad_()
+    e = items.detach().double().requires_grad_()
+    ref = F.cross_entropy(q @ e.T, targets, reduction=reduction)
+    loss = linear_cross_entropy(queries, items, targets, reduction=reduction, backend=backend)
+    assert loss.shape == ref.shape and loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref, rtol=2e-5, atol=2e-5)
+    weight = upstream.to(device) if reduction == "none" else upstream[0].to(device)
+    ref_dq, ref_de = torch.autograd.grad((ref * weight).sum(), (q, e))
+    dq, de = torch.autograd.grad((loss * weight.float()).sum(), (queries, items))
+    torch.testing.assert_close(dq.double(), ref_dq, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(de.double(), ref_de, rtol=2e-5, atol=2e-5)
+
+
+def test_unknown_reduction_is_refused():
+    queries, items, targets = problem(2, 5, 4, "cpu")
+    with pytest.raises(KernelInputError, match="reduction must be one of mean, sum, none"):
+        linear_cross_entropy(queries, items, targets, reduction="max")
 
 
 def test_default_backend_on_cpu():

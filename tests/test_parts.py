@@ -110,9 +110,12 @@ def test_loss_shape_and_gradient(name):
 
 
 @pytest.mark.parametrize("over_padding", [True, False])
-def test_ce_losses_padding_option(over_padding):
+def test_ce_losses_padding_option_and_the_fused_path(over_padding, monkeypatch):
+    from diffrec import losses
+
     ce = registry("loss").build_from("ce", over_padding=over_padding)
     fused = registry("loss").build_from("ce_fused", over_padding=over_padding, backend="torch")
+    forced = registry("loss").build_from({"name": "ce", "fused": "always"}, over_padding=over_padding, backend="torch")
     x0 = torch.randn(B, D, requires_grad=True)
     items = torch.randn(N + 1, D, requires_grad=True)
     targets = torch.randint(1, N + 1, (B,))
@@ -120,18 +123,23 @@ def test_ce_losses_padding_option(over_padding):
     want = torch.nn.functional.cross_entropy(logits if over_padding else logits[:, 1:], targets if over_padding else targets - 1, reduction="none")
     got = ce(x0, items, targets)
     assert torch.allclose(got, want, atol=1e-6)
-    assert torch.allclose(fused(x0, items, targets), want.mean(), atol=1e-5)
-    g_ce = torch.autograd.grad(got.mean(), (x0, items))
-    g_fused = torch.autograd.grad(fused(x0, items, targets), (x0, items))
-    for a, b in zip(g_ce, g_fused):
-        assert torch.allclose(a, b, atol=1e-5)
+    weights = torch.rand(B)  # a learning sampler's reweighting of each example
+    g_ce = torch.autograd.grad((got * weights).sum(), (x0, items))
+    monkeypatch.setattr(losses, "FUSE_ABOVE", N)  # "auto" fuses a catalogue of N + 1 rows
+    for loss in (fused, forced, ce):
+        values = loss(x0, items, targets)
+        assert values.shape == (B,)
+        assert torch.allclose(values, want, atol=1e-5)
+        for a, b in zip(g_ce, torch.autograd.grad((values * weights).sum(), (x0, items))):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_batch_mean_loss_refuses_learning_sampler():
-    from diffrec.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="per-example"):
-        build_model(RunConfig(model=small_config(loss="ce_fused", timestep_sampler="loss_aware")), N)
+def test_the_fused_loss_feeds_a_learning_sampler():
+    model = build_model(RunConfig(model=small_config(loss="ce_fused", timestep_sampler="loss_aware")), N)
+    model.train()
+    loss = model.calculate_loss(left_padded_batch([3, 5, 8, 2, 6], 8))
+    loss.backward()
+    assert torch.isfinite(loss) and int(model.timestep_sampler.counts.sum()) == 5
 
 
 @pytest.mark.parametrize("name", PARTS["rounding"])

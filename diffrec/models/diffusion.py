@@ -78,11 +78,9 @@ class DiffusionRecommender(Recommender):
 
     @classmethod
     def check_settings(cls, settings: DiffusionSettings, config: ModelConfig) -> None:
-        """Refuse guidance without an unconditional branch, and a batch-mean loss with a learning timestep sampler."""
+        """Refuse guidance without an unconditional branch."""
         if part_args(settings.reverse_sampler).get("guidance", 0.0) and not cls.supports_guidance:
             raise ConfigError(f"model {cls.registry_name} has no unconditional branch; classifier-free guidance needs one (set guidance = 0)")
-        if part_name(config.loss) == "ce_fused" and part_name(settings.timestep_sampler) != "uniform":
-            raise ConfigError(f"the {part_name(config.loss)} loss gives only a batch mean; the {part_name(settings.timestep_sampler)} sampler needs per-example losses")
 
     @property
     def reverse_sampler(self) -> Any:
