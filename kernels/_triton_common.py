@@ -221,3 +221,30 @@ def to_operand(x, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr):
     if EMULATE_BF16:
         return round_bf16(x)
     return x.to(DTYPE)
+
+
+@triton.jit
+def load_rows(ptr, rows, row_mask, cols, dim, EMULATE_BF16: tl.constexpr):
+    """The (len(rows), len(cols)) block ``ptr[rows, cols]`` of a row-major (n, dim) tensor, zeros
+    outside ``row_mask`` and ``dim``; bf16 values in float32 registers under EMULATE_BF16 (exact)."""
+    block = tl.load(
+        ptr + rows[:, None].to(tl.int64) * dim + cols[None, :],
+        mask=row_mask[:, None] & (cols < dim)[None, :], other=0.0,
+    )
+    if EMULATE_BF16:
+        block = block.to(tl.float32)
+    return block
+
+
+@triton.jit
+def chunked_dot(q_ptr, rows, row_mask, e_ptr, ids, item_mask, dim,
+                BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """(BB, BN) float32 products q[rows] · e[ids] accumulated over d in chunks of BLOCK_K columns."""
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, dim, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        q = load_rows(q_ptr, rows, row_mask, cols, dim, EMULATE_BF16)  # (BB, BK)
+        e = load_rows(e_ptr, ids, item_mask, cols, dim, EMULATE_BF16)  # (BN, BK)
+        acc = tl.dot(q, tl.trans(e), acc, input_precision=PRECISION, out_dtype=tl.float32)
+    return acc

@@ -44,8 +44,10 @@ from ._triton_common import (
     Overrides,
     as_config,
     autotune_enabled,
+    chunked_dot,
     fit_stages,
     launch,
+    load_rows,
     multiprocessors,
     size_bucket,
     smem_budget,
@@ -66,33 +68,6 @@ force_config = Overrides("fwd", "bwd_q", "bwd_e", "gpu", "sms", "splits")
 
 
 @triton.jit
-def _load_rows(ptr, rows, n_rows, cols, dim, EMULATE_BF16: tl.constexpr):
-    """The (len(rows), len(cols)) block ``ptr[rows, cols]``, zeros outside; bf16 values in float32
-    registers under EMULATE_BF16 (exact, see :mod:`._triton_common`)."""
-    block = tl.load(
-        ptr + rows[:, None].to(tl.int64) * dim + cols[None, :],
-        mask=(rows < n_rows)[:, None] & (cols < dim)[None, :], other=0.0,
-    )
-    if EMULATE_BF16:
-        block = block.to(tl.float32)
-    return block
-
-
-@triton.jit
-def _chunked_logits(q_ptr, rows, n_rows, e_ptr, ids, n_ids, dim,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """(BB, BN) float32 logits q[rows] · e[ids] accumulated over d in chunks of BLOCK_K columns."""
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, dim, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        q = _load_rows(q_ptr, rows, n_rows, cols, dim, EMULATE_BF16)  # (BB, BK)
-        e = _load_rows(e_ptr, ids, n_ids, cols, dim, EMULATE_BF16)  # (BN, BK)
-        acc = tl.dot(q, tl.trans(e), acc, input_precision=PRECISION, out_dtype=tl.float32)
-    return acc
-
-
-@triton.jit
 def _lce_fwd_kernel(
     q_ptr, e_ptr, t_ptr, m_ptr, s_ptr, tgt_ptr,
     n_queries, n_items, dim, items_per_split,
@@ -105,7 +80,7 @@ def _lce_fwd_kernel(
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BB,)
     row_mask = rows < n_queries
     if BLOCK_K >= D_PAD:  # one chunk holds d: load the queries once
-        q = _load_rows(q_ptr, rows, n_queries, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BB, BK)
+        q = load_rows(q_ptr, rows, rows < n_queries, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BB, BK)
     targets = tl.load(t_ptr + rows, mask=row_mask, other=-1)  # (BB,)
 
     m = tl.full((BLOCK_B,), float("-inf"), dtype=tl.float32)
@@ -116,10 +91,10 @@ def _lce_fwd_kernel(
     for n0 in range(start, stop, BLOCK_N):
         ids = n0 + tl.arange(0, BLOCK_N)  # (BN,)
         if BLOCK_K >= D_PAD:
-            e = _load_rows(e_ptr, ids, stop, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BN, BK)
+            e = load_rows(e_ptr, ids, ids < stop, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BN, BK)
             logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)  # (BB, BN)
         else:
-            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, stop, dim,
+            logits = chunked_dot(q_ptr, rows, rows < n_queries, e_ptr, ids, ids < stop, dim,
                                      BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
         logits = tl.where((ids < stop)[None, :], logits, float("-inf"))
         target_logit += tl.sum(tl.where(ids[None, :] == targets[:, None], logits, 0.0), axis=1)
@@ -155,7 +130,7 @@ def _lce_bwd_q_kernel(
     row_mask = rows < n_queries
     if BLOCK_K >= D_PAD:
         out_cols = tl.arange(0, BLOCK_K)
-        q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
+        q = load_rows(q_ptr, rows, rows < n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
         acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
     else:
         out_cols = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
@@ -168,12 +143,12 @@ def _lce_bwd_q_kernel(
     for n0 in range(start, stop, BLOCK_N):
         ids = n0 + tl.arange(0, BLOCK_N)
         if BLOCK_K >= D_PAD:
-            e = _load_rows(e_ptr, ids, stop, out_cols, dim, EMULATE_BF16)  # (BN, BK)
+            e = load_rows(e_ptr, ids, ids < stop, out_cols, dim, EMULATE_BF16)  # (BN, BK)
             logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)
         else:
-            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, stop, dim,
+            logits = chunked_dot(q_ptr, rows, rows < n_queries, e_ptr, ids, ids < stop, dim,
                                      BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
-            e = _load_rows(e_ptr, ids, stop, out_cols, dim, EMULATE_BF16)  # (BN, BDO)
+            e = load_rows(e_ptr, ids, ids < stop, out_cols, dim, EMULATE_BF16)  # (BN, BDO)
         probs = _scaled_probs(logits, ids, stop, targets, lse, scale)  # (BB, BN) float32
         acc = tl.dot(to_operand(probs, e_ptr.dtype.element_ty, EMULATE_BF16), e, acc,
                      input_precision=PRECISION, out_dtype=tl.float32)
@@ -194,7 +169,7 @@ def _lce_bwd_e_kernel(
     ids = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
     if BLOCK_K >= D_PAD:
         out_cols = tl.arange(0, BLOCK_K)
-        e = _load_rows(e_ptr, ids, n_items, out_cols, dim, EMULATE_BF16)  # (BN, BK)
+        e = load_rows(e_ptr, ids, ids < n_items, out_cols, dim, EMULATE_BF16)  # (BN, BK)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     else:
         out_cols = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
@@ -206,12 +181,12 @@ def _lce_bwd_e_kernel(
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
         scale = tl.load(g_ptr + rows, mask=row_mask, other=0.0)  # (BB,)
         if BLOCK_K >= D_PAD:
-            q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
+            q = load_rows(q_ptr, rows, rows < n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BK)
             logits = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)
         else:
-            logits = _chunked_logits(q_ptr, rows, n_queries, e_ptr, ids, n_items, dim,
+            logits = chunked_dot(q_ptr, rows, rows < n_queries, e_ptr, ids, ids < n_items, dim,
                                      BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
-            q = _load_rows(q_ptr, rows, n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BDO)
+            q = load_rows(q_ptr, rows, rows < n_queries, out_cols, dim, EMULATE_BF16)  # (BB, BDO)
         probs = _scaled_probs(logits, ids, n_items, targets, lse, scale)  # (BB, BN) float32
         probs = tl.where(row_mask[:, None], probs, 0.0)
         acc = tl.dot(tl.trans(to_operand(probs, q_ptr.dtype.element_ty, EMULATE_BF16)), q, acc,

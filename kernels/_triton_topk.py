@@ -39,8 +39,10 @@ from ._triton_common import (
     Overrides,
     as_config,
     autotune_enabled,
+    chunked_dot,
     fit_stages,
     launch,
+    load_rows,
     multiprocessors,
     size_bucket,
     smem_budget,
@@ -70,33 +72,6 @@ def _score_keys(scores, ids):
 
 
 @triton.jit
-def _load_rows(ptr, rows, row_mask, cols, dim, EMULATE_BF16: tl.constexpr):
-    """The (len(rows), len(cols)) block ``ptr[rows, cols]``, zeros outside; bf16 values in float32
-    registers under EMULATE_BF16 (exact, see :mod:`._triton_common`)."""
-    block = tl.load(
-        ptr + rows[:, None].to(tl.int64) * dim + cols[None, :],
-        mask=row_mask[:, None] & (cols < dim)[None, :], other=0.0,
-    )
-    if EMULATE_BF16:
-        block = block.to(tl.float32)
-    return block
-
-
-@triton.jit
-def _chunked_scores(q_ptr, rows, row_mask, e_ptr, ids, item_mask, dim,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PRECISION: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """(BB, BN) float32 scores q[rows] · e[ids] accumulated over d in chunks of BLOCK_K columns."""
-    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, dim, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        q = _load_rows(q_ptr, rows, row_mask, cols, dim, EMULATE_BF16)  # (BB, BK)
-        e = _load_rows(e_ptr, ids, item_mask, cols, dim, EMULATE_BF16)  # (BN, BK)
-        acc = tl.dot(q, tl.trans(e), acc, input_precision=PRECISION, out_dtype=tl.float32)
-    return acc
-
-
-@triton.jit
 def _topk_kernel(
     q_ptr, e_ptr, out_ptr, mask_ptr, excl_ptr,
     n_queries, n_items, dim, n_excl, items_per_split,
@@ -111,7 +86,7 @@ def _topk_kernel(
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # (BB,)
     row_mask = rows < n_queries
     if BLOCK_K >= D_PAD:  # one chunk holds d: load the queries once
-        q = _load_rows(q_ptr, rows, row_mask, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BB, BK)
+        q = load_rows(q_ptr, rows, row_mask, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BB, BK)
 
     slot = tl.arange(0, KP)
     # empty slots get distinct keys below every real key; padding slots (>= K) are never replaced
@@ -125,10 +100,10 @@ def _topk_kernel(
         ids = n0 + tl.arange(0, BLOCK_N).to(tl.int64)  # (BN,)
         item_mask = ids < stop
         if BLOCK_K >= D_PAD:
-            e = _load_rows(e_ptr, ids, item_mask, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BN, BK)
+            e = load_rows(e_ptr, ids, item_mask, tl.arange(0, BLOCK_K), dim, EMULATE_BF16)  # (BN, BK)
             scores = tl.dot(q, tl.trans(e), input_precision=PRECISION, out_dtype=tl.float32)  # (BB, BN)
         else:
-            scores = _chunked_scores(q_ptr, rows, row_mask, e_ptr, ids, item_mask, dim,
+            scores = chunked_dot(q_ptr, rows, row_mask, e_ptr, ids, item_mask, dim,
                                      BLOCK_B, BLOCK_N, BLOCK_K, PRECISION, EMULATE_BF16)
         allowed = row_mask[:, None] & item_mask[None, :]
         if HAS_MASK:
