@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import json
 import math
+import os
+import pathlib
 from collections.abc import Callable
 from typing import Any, Optional, TypeVar
 
@@ -167,3 +168,15 @@ def data_config(path: Optional[str], values: dict[str, Any], base: Any = None):
             setattr(config, field, values[option])
     config.validate()
     return config
+
+
+def load_checkpoint(checkpoint: pathlib.Path, device: str, sets: list[str] = ()):
+    """(config, model, dataset record, device) of a run directory, with ``--set`` assignments applied."""
+    from diffrec.trainer import load_run_model, select_device
+
+    dev = select_device(device)
+    cfg, model, record = load_run_model(checkpoint, dev, sets)
+    return cfg, model, record, dev
+
+
+SET_HELP = "KEY=VALUE changing the run's config before it is evaluated (repeatable), e.g. --set reverse_sampler.steps=4, --set eval.seed=3."

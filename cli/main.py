@@ -1,7 +1,9 @@
-"""The ``diffrec`` command line: train, evaluate, recommend and list parts.
+"""The ``diffrec`` command line: train and evaluate here, and the console script's entry point.
 
-The data commands live in :mod:`diffrec.cli.data_cmds`, reproduction, plots and
-benchmarks in :mod:`diffrec.cli.results`; importing this module registers them all.
+``recommend`` lives in :mod:`diffrec.cli.recommend`, ``list`` in :mod:`diffrec.cli.listing`,
+the data commands in :mod:`diffrec.cli.data_cmds`, reproduction, plots and benchmarks in
+:mod:`diffrec.cli.results`, ablations and analyses in :mod:`diffrec.cli.study`; importing this
+module registers them all.
 Every user error (unknown part, bad data, missing file, diverging loss, an existing
 output directory) ends with one line on stderr and a non-zero exit.
 """
@@ -14,11 +16,11 @@ import time
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
 
-from diffrec.cli import data_cmds, results, study  # noqa: F401  (register their commands)
+from diffrec.cli import data_cmds, listing, recommend, results, study  # noqa: F401  (register their commands)
 from diffrec.cli.common import (
     DATA_OPTIONS,
+    SET_HELP,
     app,
     choices,
     console,
@@ -26,11 +28,12 @@ from diffrec.cli.common import (
     err_console,
     fail,
     handle_errors,
+    load_checkpoint,
     print_metrics,
     with_data_options,
 )
 from diffrec.errors import DiffrecError
-from diffrec.registry import KINDS, load_builtin_parts, load_plugin, registry
+from diffrec.registry import load_builtin_parts, load_plugin, registry
 
 # --------------------------------------------------------------------------- train
 
@@ -232,18 +235,7 @@ def describe_model(m) -> str:
     return ", ".join([*names, f"loss {part_name(m.loss)}"])
 
 
-# --------------------------------------------------------------------------- evaluate / recommend
-
-
-def _load_checkpoint(checkpoint: pathlib.Path, device: str, sets: list[str] = ()):
-    from diffrec.trainer import load_run_model, select_device
-
-    dev = select_device(device)
-    cfg, model, record = load_run_model(checkpoint, dev, sets)
-    return cfg, model, record, dev
-
-
-SET_HELP = "KEY=VALUE changing the run's config before it is evaluated (repeatable), e.g. --set reverse_sampler.steps=4, --set eval.seed=3."
+# --------------------------------------------------------------------------- evaluate
 
 
 @app.command()
@@ -280,7 +272,7 @@ def evaluate(
     sets += [f"eval.{key}={value}" for key, value in (("protocol", eval_protocol), ("seed", eval_seed)) if value is not None]
     if sweep is not None or save_sweep is not None:
         return _sweep(checkpoint, sweep, save_sweep, force, sets, data, split, device, output_json)
-    cfg, model, record, dev = _load_checkpoint(checkpoint, device, sets)
+    cfg, model, record, dev = load_checkpoint(checkpoint, device, sets)
     dataset = RunDir(checkpoint).open_data(cfg, data, warn=lambda line: err_console.print(line, highlight=False))
     if dataset.num_items != record["num_items"]:
         raise DiffrecError(f"the data has {dataset.num_items} items but the model was trained on {record['num_items']}")
@@ -337,137 +329,33 @@ def _item_names(dataset, items) -> list[str]:
     return [dataset.item_ids[int(i)] for i in items]
 
 
-@app.command()
-@handle_errors
-def recommend(
-    checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),
-    history: str = typer.Option(..., help='Item ids in time order, e.g. "12 55 301" (the dataset\'s own ids; see --ids).'),
-    k: int = typer.Option(10, "-k", help="How many items."),
-    seed: int = typer.Option(0, help="Seed of the reverse process."),
-    include_history: bool = typer.Option(False, "--include-history", help="Allow items of the history in the list."),
-    ids: str = typer.Option("raw", help="raw: --history and the output use the dataset's own item ids; internal: diffrec's 1..N."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    output_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-) -> None:
-    """Rank the whole catalogue for one history and print the top K items."""
-    import torch
-
-    from diffrec.checkpoint import RunDir
-    from diffrec.data import history_batch
-    from diffrec.evaluation import make_generator
-
-    if ids not in ("raw", "internal"):
-        raise DiffrecError(f"unknown --ids {ids!r}; valid choices: raw, internal")
-    cfg, model, record, dev = _load_checkpoint(checkpoint, device, set_)
-    n = int(record["num_items"])
-    originals = RunDir(checkpoint).item_ids() if ids == "raw" else None
-    if originals is not None and len(originals) != n + 1:
-        raise DiffrecError(f"{checkpoint}: its id map holds {len(originals) - 1} items, the model {n}")
-    items = _history_ids(history, n, originals)
-    allowed = n - (0 if include_history else len(set(items)))
-    if not 1 <= k <= allowed:
-        raise DiffrecError(f"-k must lie in 1..{allowed}")
-    batch = history_batch(items, cfg.model.max_len).to(dev)
-    exclude = torch.tensor([[0] if include_history else items], device=dev)  # (1, L)
-    top_scores, top_ids = model.recommend(batch, k, exclude, make_generator(dev, seed))  # (1, k) each
-    if not torch.isfinite(top_scores).all():
-        raise DiffrecError("the model produced non-finite scores; its weights may be damaged")
-    rows = [
-        {"rank": r + 1, "item": originals[int(i)] if originals is not None else int(i), "internal_id": int(i), "score": float(v)}
-        for r, (v, i) in enumerate(zip(top_scores[0], top_ids[0]))
-    ]
-    if output_json:
-        print(dump_json(rows))
-        return
-    table = Table(title=f"top {k} for a history of {len(items)} items")
-    table.add_column("rank", justify="right")
-    table.add_column("item", justify="right")
-    table.add_column("score", justify="right")
-    for row in rows:
-        table.add_row(str(row["rank"]), str(row["item"]), f"{row['score']:.4f}")
-    console.print(table)
-
-
-def _history_ids(history: str, n: int, originals: list[str] | None) -> list[int]:
-    """Internal ids of the ``--history`` tokens (the dataset's own ids where ``originals`` maps them)."""
-    tokens = history.replace(",", " ").split()
-    if not tokens:
-        raise DiffrecError("--history is empty")
-    if originals is not None:
-        inverse = {original: i for i, original in enumerate(originals) if i > 0}
-        unknown = [t for t in tokens if t not in inverse]
-        if unknown:
-            raise DiffrecError(f"item {unknown[0][:40]!r} is not in the run's catalogue (--history takes the dataset's own ids; --ids internal takes 1..{n})")
-        return [inverse[t] for t in tokens]
-    try:
-        items = [int(tok) for tok in tokens]
-    except ValueError:
-        raise DiffrecError(f"--history must be item ids separated by spaces, got {history[:80]!r}") from None
-    bad = [i for i in items if not 1 <= i <= n]
-    if bad:
-        raise DiffrecError(f"item id {bad[0]} is outside 1..{n}")
-    return items
-
-
-# --------------------------------------------------------------------------- list
-
-
-@app.command("list")
-@handle_errors
-def list_cmd(
-    plugin: list[str] = typer.Option([], "--plugin", help="Also import these plugin modules."),
-    params: bool = typer.Option(False, "--params", help="Also print every part's parameters and every model's settings, with types, defaults and help."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print the README's part table (Markdown) instead."),
-) -> None:
-    """Print every registry and its entries (model parts and data formats)."""
-    from diffrec.catalog import markdown_table, parameters
-
-    load_builtin_parts()
-    for p in plugin:
-        load_plugin(p)
-    if markdown:
-        print(markdown_table())
-        return
-    table = Table(title="diffrec parts")
-    table.add_column("registry")
-    table.add_column("name")
-    table.add_column("description")
-    if params:
-        table.add_column("parameters (a model: its settings)")
-    for kind in KINDS:
-        for name in registry(kind).names():
-            row = [kind, name, registry(kind).describe(name)]
-            if params:
-                row.append("\n".join(f"{p.describe()}  {p.help}".rstrip() for p in parameters(kind, name).values()))
-            table.add_row(*row)
-    console.print(table)
-
-
-def _click_exceptions():
+def _click_classes() -> tuple[type, tuple, type]:
+    """ClickException, NoArgsIsHelpError (or nothing) and Abort, wherever this typer keeps them."""
     try:  # typer >= 0.22 carries its own copy of click
-        from typer._click import exceptions
+        from typer._click import core, exceptions
     except ImportError:
-        from click import exceptions
-    return exceptions
+        from click import core, exceptions
+    no_args = getattr(exceptions, "NoArgsIsHelpError", None)
+    abort = getattr(exceptions, "Abort", None) or getattr(core, "Abort", KeyboardInterrupt)
+    return exceptions.ClickException, (no_args,) if no_args else (), abort
 
 
 def main() -> None:
     """The console script: every error, usage errors included, is one line on stderr."""
-    click = _click_exceptions()
+    click_exception, no_args_is_help, abort = _click_classes()
     try:
         code = app(standalone_mode=False)
     except DiffrecError as exc:  # errors raised while building the command (e.g. option help)
         fail(str(exc))
         sys.exit(2)
-    except click.ClickException as exc:
-        if isinstance(exc, getattr(click, "NoArgsIsHelpError", ())):
+    except click_exception as exc:
+        if no_args_is_help and isinstance(exc, no_args_is_help):
             exc.show()  # a bare command group prints its help
         else:
             where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "diffrec"
             fail(f"{' '.join(exc.format_message().split())} (see '{where} --help')")
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (abort, KeyboardInterrupt):
         fail("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

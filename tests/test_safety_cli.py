@@ -377,3 +377,21 @@ def test_help_and_bare_groups_still_print_help():
     assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
     proc = diffrec("data")
     assert "prepare" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_output_into_a_closed_pipe_and_an_interrupt_print_no_traceback(tmp_path):
+    reader, writer = os.pipe()
+    os.close(reader)  # `diffrec --help | head -0`: whoever reads has gone
+    proc = subprocess.run([*CMD, "--help"], stdout=writer, stderr=subprocess.PIPE, text=True, env=env(), timeout=120)
+    os.close(writer)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    args = [*CMD, "train", "--out", str(tmp_path / "run"), *SMALL_DATA, *TINY, "--epochs", "400", "--eval-every", "50"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / ckpt.LAST).is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupted" in err and "--resume" in err, err
