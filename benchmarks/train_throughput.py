@@ -14,6 +14,8 @@ imported from there, nothing of it is copied.
 
     python benchmarks/train_throughput.py --data ../shared/datasets/beauty [--no-bucketing] [--precision bf16]
     python benchmarks/train_throughput.py --batches 60 --compare ~/src/DiffuRec
+    python benchmarks/train_throughput.py --models diffurec --setting dropout_rng=counter \
+        --setting 'approximator={"name": "transformer", "last_block_output_only": true}'
 """
 
 from __future__ import annotations
@@ -37,9 +39,25 @@ from diffrec.registry import load_builtin_parts, registry
 from diffrec.trainer import build_model
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs, each VALUE JSON where it parses (``true``, ``{"name": ...}``) and a string otherwise."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--setting takes KEY=VALUE, got {pair!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
 def measure(model_name: str, data, args) -> dict:
+    settings = parse_settings(args.setting) if model_name == "diffurec" else {}
+    sizes = dict(hidden_size=128, num_blocks=4, num_heads=4, max_len=50, emb_init_std=0.05)
     config = RunConfig(
-        model=ModelConfig(model=model_name, hidden_size=128, num_blocks=4, num_heads=4, max_len=50, emb_init_std=0.05),
+        model=ModelConfig(model=model_name, **{**sizes, **settings}),
         train=TrainConfig(batch_size=512, bucketing=not args.no_bucketing, precision=args.precision),
     )
     if model_name != "diffurec":
@@ -176,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bucketing", action="store_true", help="pad every batch to max_len as the public code does")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a DiffuRec setting for its timing (repeatable), e.g. dropout_rng=counter or "
+                             'approximator=\'{"name": "transformer", "last_block_output_only": true}\'')
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the public code's step too)")
     parser.add_argument("--compare", type=Path, default=None, metavar="PUBLIC_CHECKOUT", help="also time the public DiffuRec code's training step from this checkout")
     args = parser.parse_args(argv)

@@ -1,25 +1,91 @@
-"""Small building blocks shared by the models."""
+"""Small building blocks shared by the models: dropout with a choice of mask generator.
+
+Two generators draw the same distribution, an i.i.d. Bernoulli(1 - p) keep mask with the
+kept values scaled by 1 / (1 - p):
+
+- ``"torch"``: ``rand < 1 - p`` from torch's generator (the reference; every stored run).
+- ``"counter"``: a counter-based hash. One 63-bit key is drawn from torch's generator per
+  call (so ``torch.manual_seed`` and the checkpointed RNG state still fix every mask), and
+  element pairs take the two 32-bit halves of SplitMix64(key + i * gamma), i = 1, 2, ...
+  (Steele, Lea, Flood, OOPSLA 2014). Each half is compared with round((1 - p) * 2^32), so the
+  keep rate is exact to 2^-33 (torch's float32 ``rand`` resolves 2^-24). The hash costs
+  about a third of ``rand`` on the CPU.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
+DropoutRNG = Literal["torch", "counter"]
+DROPOUT_RNGS: tuple[str, ...] = ("torch", "counter")
+
+# SplitMix64's increment and finaliser multipliers, as signed int64 (torch wraps int64 products)
+_GAMMA = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def _logical_shift_xor(z: torch.Tensor, shift: int) -> torch.Tensor:
+    """z ^= z >>> shift on int64 (torch's >> sign-extends, so the top bits are masked off)."""
+    return z.bitwise_xor_(z.bitwise_right_shift(shift).bitwise_and_((1 << (64 - shift)) - 1))
+
+
+def splitmix64(key: int, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n uniform 64-bit words SplitMix64(key + i * gamma), i = 1..n: (n,) int64."""
+    z = torch.arange(1, n + 1, dtype=torch.int64, device=device).mul_(_GAMMA).add_(key)
+    z = _logical_shift_xor(z, 30).mul_(_MIX1)
+    z = _logical_shift_xor(z, 27).mul_(_MIX2)
+    return _logical_shift_xor(z, 31)
+
+
+def counter_keep_mask(shape: torch.Size, keep: float, key: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A bool mask of ``shape``, i.i.d. True with probability ``keep`` (to 2^-33), from one key."""
+    numel = shape.numel()
+    halves = splitmix64(key, (numel + 1) // 2, device).view(torch.int32)[:numel]  # uniform over int32
+    threshold = round(keep * 2**32) - 2**31  # P(half < threshold) = round(keep * 2^32) / 2^32
+    return (halves < threshold).view(shape)
+
+
+def draw_key() -> int:
+    """A 63-bit key from torch's default CPU generator, whatever device the data is on."""
+    return int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True, rng: DropoutRNG = "torch") -> torch.Tensor:
+    """Inverted dropout of ``x`` with the mask from ``rng`` (see the module docstring)."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return torch.zeros_like(x)
+    keep = 1.0 - p
+    if rng == "counter":
+        keep_mask = counter_keep_mask(x.shape, keep, draw_key(), x.device)
+    elif rng == "torch":
+        keep_mask = torch.rand_like(x) < keep
+    else:
+        raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")
+    return x * keep_mask.to(x.dtype).mul_(1.0 / keep)  # a float mask: one product forward and one backward
+
 
 class Dropout(nn.Dropout):
-    """Inverted dropout with the mask drawn as ``uniform < 1 - p``.
+    """Inverted dropout with a choice of mask generator; ``rng="torch"`` draws ``rand < 1 - p``.
 
-    The same distribution as :class:`torch.nn.Dropout` (an i.i.d. Bernoulli(1 - p)
-    mask, kept values scaled by 1 / (1 - p)), drawn about twice as fast on the CPU,
-    where ``bernoulli_`` is much slower than ``rand``; DiffuRec applies seven
-    dropouts per Transformer block, so this is a large share of a training step.
+    The same distribution as :class:`torch.nn.Dropout`, drawn about twice as fast on the CPU,
+    where ``bernoulli_`` is much slower than ``rand``; ``rng="counter"`` is cheaper still.
+    DiffuRec applies seven dropouts per Transformer block, a large share of a training step.
     """
 
+    def __init__(self, p: float = 0.5, rng: DropoutRNG = "torch") -> None:
+        super().__init__(p)
+        if rng not in DROPOUT_RNGS:
+            raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")
+        self.rng = rng
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.p == 1.0:
-            return torch.zeros_like(x)
-        keep = 1.0 - self.p
-        mask = (torch.rand_like(x) < keep).to(x.dtype).mul_(1.0 / keep)
-        return x * mask
+        return dropout(x, self.p, self.training, self.rng)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, rng={self.rng}"

@@ -63,6 +63,27 @@ def test_approximator_shape_gradient_and_trimming(name, mask):
     assert torch.allclose(trimmed, ref[short], atol=1e-5), (lengths, (trimmed - ref[short]).abs().max())
 
 
+@pytest.mark.parametrize("mask", ["official", "key_padding", "causal"])
+def test_last_block_for_the_output_position_only_is_the_same_function(mask):
+    config = small_config(attention_mask=mask, dropout=0.0, num_blocks=3)
+    torch.manual_seed(0)
+    full = registry("approximator").build("transformer", config=config)
+    last = registry("approximator").build({"name": "transformer", "last_block_output_only": True}, config=config)
+    last.load_state_dict(full.state_dict())
+    batch = left_padded_batch([3, 8, 1, 5, 2], width=8)
+    for pad_extra in (torch.zeros(B, dtype=torch.long), torch.full((B,), 4)):
+        z = torch.randn(B, 8, D, requires_grad=True)
+        zl = z.detach().clone().requires_grad_(True)
+        want, got = full(z, batch.mask, pad_extra), last(zl, batch.mask, pad_extra)
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        want.square().sum().backward()
+        got.square().sum().backward()
+        assert torch.allclose(zl.grad, z.grad, atol=1e-5)  # the same gradient, all positions included
+        for (name, a), (_, b) in zip(full.named_parameters(), last.named_parameters()):
+            assert torch.allclose(b.grad, a.grad, atol=1e-5), name
+        full.zero_grad(), last.zero_grad()
+
+
 def reference_official_attention(block, x, mask):
     """The public code's attention: padding query rows filled with -1e9, no key mask."""
     attn = block.attn

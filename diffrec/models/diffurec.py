@@ -28,7 +28,7 @@ from diffrec.config import ModelConfig
 from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
 from diffrec.kernels import noise_inject
-from diffrec.layers import Dropout
+from diffrec.layers import Dropout, DropoutRNG
 from diffrec.models.diffusion import DiffusionRecommender, DiffusionSettings
 from diffrec.params import PartRef, setting
 from diffrec.registry import register, registry
@@ -56,6 +56,9 @@ class DiffuRecSettings(DiffusionSettings):
     )
     position_embedding: bool = setting(False, "add learned position embeddings (commented out in the public code)")
     x0_from_embedding: bool = setting(False, "the paper's extra step x_0 ~ q(x_0 | e) = N(sqrt(alpha_0) e, (1 - alpha_0) I)")
+    dropout_rng: DropoutRNG = setting(
+        "torch", "dropout masks from torch's generator (the reference) or a counter-based hash (same Bernoulli masks, cheaper)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,11 +82,11 @@ class DiffuRec(DiffusionRecommender):
         self.pos_emb = nn.Embedding(config.max_len, d) if s.position_embedding else None
         if self.pos_emb is not None:  # on the items' scale, so that positions do not drown a small-std item table
             nn.init.normal_(self.pos_emb.weight, std=s.emb_init_std)
-        self.emb_dropout = Dropout(config.emb_dropout)
+        self.emb_dropout = Dropout(config.emb_dropout, s.dropout_rng)
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
-        self.approximator = registry("approximator").build(s.approximator, config=config)
-        self.out_dropout = Dropout(config.dropout)
+        self.approximator = registry("approximator").build(s.approximator, config=config, dropout_rng=s.dropout_rng)
+        self.out_dropout = Dropout(config.dropout, s.dropout_rng)
         self.out_norm = nn.LayerNorm(d, eps=1e-12)
 
     @property
