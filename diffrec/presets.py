@@ -70,6 +70,11 @@ PRESETS: dict[str, Preset] = {
     "diffurec-nodropout": Preset("diffurec", (("dropout", 0.0),), "variant: no dropout in the approximator (the public code's 0.1); the embedding dropout stays"),
     "diffurec-embdrop0.2": Preset("diffurec", (("emb_dropout", 0.2),), "variant: the item-embedding dropout at 0.2 instead of the public code's 0.3"),
     "diffurec-embdrop0.5": Preset("diffurec", (("emb_dropout", 0.5),), "variant: the item-embedding dropout at 0.5 instead of the public code's 0.3"),
+    "diffurec-fastpath": Preset(
+        "diffurec",
+        (("dropout_rng", "counter"), ("approximator", {"name": "transformer", "last_block_output_only": True})),
+        "DiffuRec's function on the fast training path: counter-hash dropout masks, the last block for the output position only",
+    ),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-own": Preset(
         "sasrec",

@@ -117,6 +117,12 @@ def test_presets_and_errors():
     for name, rate in (("diffurec-embdrop0.2", 0.2), ("diffurec-embdrop0.5", 0.5)):  # only the embedding dropout moves
         emb = preset_config(name, "beauty", "fast", 1, "x").model
         assert (emb.dropout, emb.emb_dropout, emb.emb_init_std, emb.attention_mask) == (0.1, rate, 0.05, "official")
+    fastpath = preset_config("diffurec-fastpath", "beauty", "fast", 1, "x").model
+    assert (fastpath.dropout_rng, fastpath.approximator, fastpath.dropout, fastpath.emb_dropout) == (
+        "counter", {"name": "transformer", "last_block_output_only": True}, 0.1, 0.3
+    )
+    model = build_model(preset_config("diffurec-fastpath", "beauty", "fast", 1, "x"), 30)
+    assert model.approximator.last_block_output_only and {m.rng for m in model.modules() if hasattr(m, "rng")} == {"counter"}
     stosa = preset_config("stosa-own", "beauty", "sequence", 1, "x").model  # STOSA's Beauty settings
     assert (stosa.loss, stosa.hidden_size, stosa.num_blocks, stosa.num_heads, stosa.dropout, stosa.emb_dropout, stosa.settings) == (
         "bpr", 64, 1, 4, 0.3, 0.3, {"objective": "native", "pvn_weight": 0.005, "attn_dropout": 0.0}
