@@ -131,6 +131,11 @@ PRESETS: dict[str, Preset] = {
         (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
         "variant: dreamrec trained with DiffuRec's full-catalogue cross-entropy on x0_hat instead of its MSE",
     ),
+    "dreamrec-cosine": Preset(
+        "dreamrec",
+        (("loss", "cosine"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
+        "variant: dreamrec trained on the squared cosine error of x0_hat (direction only) instead of its MSE, which learned embeddings can shrink to zero",
+    ),
     "preferdiff": Preset(
         "preferdiff",
         (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.4, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 8.0}})),

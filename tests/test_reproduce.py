@@ -117,6 +117,9 @@ def test_presets_and_errors():
     for name, rate in (("diffurec-embdrop0.2", 0.2), ("diffurec-embdrop0.5", 0.5)):  # only the embedding dropout moves
         emb = preset_config(name, "beauty", "fast", 1, "x").model
         assert (emb.dropout, emb.emb_dropout, emb.emb_init_std, emb.attention_mask) == (0.1, rate, 0.05, "official")
+    for name, loss in (("dreamrec", "mse"), ("dreamrec-ce", "ce"), ("dreamrec-cosine", "cosine")):  # only the objective moves
+        dream = preset_config(name, "beauty", "dreamrec", 1, "x").model
+        assert (dream.loss, dream.hidden_size, dream.num_blocks, dream.p_uncond, dream.diffusion_steps) == (loss, 64, 1, 0.1, 200)
     fastpath = preset_config("diffurec-fastpath", "beauty", "fast", 1, "x").model
     assert (fastpath.dropout_rng, fastpath.approximator, fastpath.dropout, fastpath.emb_dropout) == (
         "counter", {"name": "transformer", "last_block_output_only": True}, 0.1, 0.3
