@@ -3,7 +3,8 @@
 Two generators draw the same distribution, an i.i.d. Bernoulli(1 - p) keep mask with the
 kept values scaled by 1 / (1 - p):
 
-- ``"torch"``: ``rand < 1 - p`` from torch's generator (the reference; every stored run).
+- ``"torch"``: ``rand < 1 - p`` from torch's generator on the CPU (the reference; every stored
+  run), torch's own fused dropout on other devices.
 - ``"counter"``: a counter-based hash. One 63-bit key is drawn from torch's generator per
   call (so ``torch.manual_seed`` and the checkpointed RNG state still fix every mask), and
   element pairs take the two 32-bit halves of SplitMix64(key + i * gamma), i = 1, 2, ...
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DropoutRNG = Literal["torch", "counter"]
@@ -64,6 +66,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, rng: DropoutRNG = 
     if rng == "counter":
         keep_mask = counter_keep_mask(x.shape, keep, draw_key(), x.device)
     elif rng == "torch":
+        if x.device.type != "cpu":  # the rand trick only pays on the CPU; elsewhere torch's fused dropout
+            return F.dropout(x, p, True)
         keep_mask = torch.rand_like(x) < keep
     else:
         raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")

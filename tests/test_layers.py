@@ -100,3 +100,13 @@ def test_counter_masks_follow_torch_seed_and_state():
     assert torch.equal(layer(x), c)
     mask = counter_keep_mask(torch.Size([3, 5, 7]), 0.6, key=11)
     assert mask.shape == (3, 5, 7) and mask.dtype == torch.bool
+
+
+def test_off_the_cpu_the_torch_generator_is_torchs_fused_dropout(monkeypatch):
+    calls = []
+    real = torch.nn.functional.dropout
+    monkeypatch.setattr(torch.nn.functional, "dropout", lambda x, p, training: calls.append((x.device.type, p, training)) or real(x, p, training))
+    x = torch.ones(4, 8, device="meta")
+    assert Dropout(0.25)(x).shape == (4, 8) and calls == [("meta", 0.25, True)]
+    Dropout(0.25)(torch.ones(4, 8))  # the CPU keeps the reference's draws
+    assert len(calls) == 1
