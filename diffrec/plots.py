@@ -158,6 +158,18 @@ def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10"
     return fig
 
 
+def _readable_span(ax, values: list[float]) -> None:
+    """Show a metric over at least max(0.5 points, 10 % of its largest value), so that differences in
+    the third decimal do not fill the axis and look like effects."""
+    top, bottom = max(values), min(values)
+    span = max(0.5, 0.1 * abs(top))
+    if top - bottom < span:
+        mid = (top + bottom) / 2
+        low = max(0.0, mid - span / 2) if bottom >= 0 else mid - span / 2
+        ax.set_ylim(low, low + span)
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+
+
 def plot_sweeps(sweeps: list[dict], out: pathlib.Path, metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> pathlib.Path:
     """Sweeps of ``diffrec evaluate --save-sweep``: each metric and the evaluation seconds against the
     swept value, one line per run (log scale where the values are positive and span a decade or more)."""
@@ -183,6 +195,8 @@ def plot_sweeps(sweeps: list[dict], out: pathlib.Path, metrics: tuple[str, ...] 
     for ax, name in zip(axes, (*metrics, "seconds")):
         if numeric and lo > 0 and hi / lo >= 10:
             ax.set_xscale("log", base=2)
+        if name != "seconds":
+            _readable_span(ax, [p["metrics"][name] for s in sweeps for p in s["points"]])
         ax.set_xlabel(next(iter(keys)))
         ax.set_ylabel(f"{name} (%)" if name != "seconds" else f"evaluation seconds ({sweeps[0].get('split', 'test')}, {sweeps[0].get('users', '?'):,} users)")
         ax.grid(alpha=0.3)

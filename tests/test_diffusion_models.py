@@ -128,3 +128,18 @@ def test_an_evaluation_sweep_is_saved_and_plotted(tmp_path):
     assert (tmp_path / "steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = runner.invoke(app, ["evaluate", "--checkpoint", str(run), "--sweep", "reverse_sampler.steps"])
     assert bad.exit_code == 2 and "--sweep takes KEY=V1,V2" in bad.stderr
+
+
+def test_a_flat_sweep_is_drawn_on_a_readable_scale(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from diffrec.plots import plot_sweeps
+
+    limits = []
+    real = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: limits.extend(ax.get_ylim() for ax in fig.axes) or real(fig, *a, **k))
+    points = [{"value": s, "seconds": 10.0 * s, "metrics": {"HR@10": 8.192 + 0.001 * (s % 3), "NDCG@10": 4.49}} for s in (1, 2, 4, 8)]
+    plot_sweeps([{"key": "reverse_sampler.steps", "checkpoint": "run", "model": "diffurec", "split": "test", "users": 10, "points": points}], tmp_path / "s.png")
+    (hr_low, hr_high), (nd_low, nd_high), _ = limits
+    assert hr_high - hr_low >= 0.8 and hr_low <= 8.192 and hr_high >= 8.194  # 10 % of the value, not the third decimal
+    assert nd_high - nd_low >= 0.5 and nd_low <= 4.49 <= nd_high
