@@ -179,4 +179,17 @@ def load_checkpoint(checkpoint: pathlib.Path, device: str, sets: list[str] = ())
     return cfg, model, record, dev
 
 
+THREADS_HELP = "CPU threads (0 = torch's default)."
+
+
+def use_threads(threads: int) -> None:
+    """Set torch's CPU threads for an evaluation-only command (0 keeps torch's default)."""
+    if threads < 0:
+        raise DiffrecError(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 SET_HELP = "KEY=VALUE changing the run's config before it is evaluated (repeatable), e.g. --set reverse_sampler.steps=4, --set eval.seed=3."

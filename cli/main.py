@@ -21,6 +21,7 @@ from diffrec.cli import data_cmds, listing, recommend, results, study  # noqa: F
 from diffrec.cli.common import (
     DATA_OPTIONS,
     SET_HELP,
+    THREADS_HELP,
     app,
     choices,
     console,
@@ -30,6 +31,7 @@ from diffrec.cli.common import (
     handle_errors,
     load_checkpoint,
     print_metrics,
+    use_threads,
     with_data_options,
 )
 from diffrec.errors import DiffrecError
@@ -255,6 +257,7 @@ def evaluate(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     sweep: Optional[str] = typer.Option(None, help="KEY=V1,V2,...: evaluate once per value of a setting that needs no retraining, e.g. reverse_sampler.steps=1,2,4,8."),
     save_sweep: Optional[pathlib.Path] = typer.Option(None, help="With --sweep: write the points (metrics and seconds per value) to this JSON file, for `diffrec plot --sweep`."),
+    threads: int = typer.Option(0, "--threads", help=THREADS_HELP),
 ) -> None:
     """Re-evaluate a saved run (full-catalogue ranking) and optionally export top-K lists or sweep a setting."""
     from diffrec.checkpoint import RunDir
@@ -266,6 +269,7 @@ def evaluate(
         raise DiffrecError(f"unknown split {split!r}; valid choices: test, valid")
     if k < 1:
         raise DiffrecError("-k must be >= 1")
+    use_threads(threads)
     if save_topk is not None:
         check_overwrite(save_topk, force, is_topk_file, "top-K list")
     sets = [*([f"reverse_sampler={reverse_sampler}"] if reverse_sampler is not None else []), *set_]

@@ -7,7 +7,7 @@ import pathlib
 import typer
 from rich.table import Table
 
-from diffrec.cli.common import SET_HELP, app, console, dump_json, handle_errors, load_checkpoint
+from diffrec.cli.common import SET_HELP, THREADS_HELP, app, console, dump_json, handle_errors, load_checkpoint, use_threads
 from diffrec.errors import DiffrecError
 
 
@@ -23,6 +23,7 @@ def recommend(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     output_json: bool = typer.Option(False, "--json", help="Print JSON."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    threads: int = typer.Option(0, "--threads", help=THREADS_HELP),
 ) -> None:
     """Rank the whole catalogue for one history and print the top K items."""
     import torch
@@ -33,6 +34,7 @@ def recommend(
 
     if ids not in ("raw", "internal"):
         raise DiffrecError(f"unknown --ids {ids!r}; valid choices: raw, internal")
+    use_threads(threads)
     cfg, model, record, dev = load_checkpoint(checkpoint, device, set_)
     n = int(record["num_items"])
     originals = RunDir(checkpoint).item_ids() if ids == "raw" else None

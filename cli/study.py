@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from diffrec.cli.common import app, console, handle_errors
+from diffrec.cli.common import THREADS_HELP, app, console, handle_errors, use_threads
 from diffrec.errors import DiffrecError
 
 
@@ -90,6 +90,7 @@ def analyze(
     force: bool = typer.Option(False, "--force", help="Replace an analysis folder that diffrec wrote."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    threads: int = typer.Option(0, "--threads", help=THREADS_HELP),
 ) -> None:
     """Accuracy by popularity and history length, beyond-accuracy metrics and multi-sample fusion of trained runs."""
     import json
@@ -103,6 +104,7 @@ def analyze(
 
     if not checkpoint:
         raise DiffrecError("give at least one --checkpoint")
+    use_threads(threads)
     if split not in ("test", "valid"):
         raise DiffrecError(f"unknown split {split!r}; valid choices: test, valid")
     if samples < 1:

@@ -395,3 +395,11 @@ def test_output_into_a_closed_pipe_and_an_interrupt_print_no_traceback(tmp_path)
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "interrupted" in err and "--resume" in err, err
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["recommend", "--history", "1 2"], ["analyze", "--out", "a"]])
+def test_evaluation_commands_take_threads(tmp_path, finished_run, command):
+    one_line_error(diffrec(*command, "--checkpoint", finished_run, "--threads", "-1", cwd=tmp_path), "--threads must be >= 0, got -1")
+    assert list(tmp_path.iterdir()) == []
+    proc = diffrec(*command, "--checkpoint", finished_run, "--threads", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
