@@ -15,14 +15,14 @@ kept values scaled by 1 / (1 - p):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 DropoutRNG = Literal["torch", "counter"]
-DROPOUT_RNGS: tuple[str, ...] = ("torch", "counter")
+DROPOUT_RNGS: tuple[str, ...] = get_args(DropoutRNG)
 
 # SplitMix64's increment and finaliser multipliers, as signed int64 (torch wraps int64 products)
 _GAMMA = 0x9E3779B97F4A7C15 - 2**64
@@ -56,21 +56,25 @@ def draw_key() -> int:
     return int(torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64))
 
 
+def _check_rng(rng: str) -> None:
+    if rng not in DROPOUT_RNGS:
+        raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True, rng: DropoutRNG = "torch") -> torch.Tensor:
     """Inverted dropout of ``x`` with the mask from ``rng`` (see the module docstring)."""
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return torch.zeros_like(x)
+    _check_rng(rng)
     keep = 1.0 - p
     if rng == "counter":
         keep_mask = counter_keep_mask(x.shape, keep, draw_key(), x.device)
-    elif rng == "torch":
-        if x.device.type != "cpu":  # the rand trick only pays on the CPU; elsewhere torch's fused dropout
-            return F.dropout(x, p, True)
-        keep_mask = torch.rand_like(x) < keep
+    elif x.device.type != "cpu":  # the rand trick only pays on the CPU; elsewhere torch's fused dropout
+        return F.dropout(x, p, True)
     else:
-        raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")
+        keep_mask = torch.rand_like(x) < keep
     return x * keep_mask.to(x.dtype).mul_(1.0 / keep)  # a float mask: one product forward and one backward
 
 
@@ -84,8 +88,7 @@ class Dropout(nn.Dropout):
 
     def __init__(self, p: float = 0.5, rng: DropoutRNG = "torch") -> None:
         super().__init__(p)
-        if rng not in DROPOUT_RNGS:
-            raise ValueError(f"unknown dropout generator {rng!r} (valid: {', '.join(DROPOUT_RNGS)})")
+        _check_rng(rng)
         self.rng = rng
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,3 +44,18 @@ def kernel_device(backend: str) -> str:
     if torch.cuda.is_available():
         return "cuda"
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+
+
+def spy_launches(module, monkeypatch) -> list[tuple[str, tuple, dict]]:
+    """Record (kernel family, grid, meta) of every launch that a Triton kernel module makes."""
+    seen = []
+    real_launch = module.launch
+
+    def spy(kernel, grid, args, fixed, configs, **kw):
+        used = real_launch(kernel, grid, args, fixed, configs, **kw)
+        meta = dict(fixed, **used.kwargs)
+        seen.append((kw["family"][0], grid(meta) if callable(grid) else grid, meta))
+        return used
+
+    monkeypatch.setattr(module, "launch", spy)
+    return seen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import kernel_device
+from conftest import kernel_device, spy_launches
 import torch.nn.functional as F
 from diffrec.kernels import KernelInputError, linear_cross_entropy
 from diffrec.kernels.linear_ce import TorchLinearCrossEntropy
@@ -202,18 +202,7 @@ def _triton_lce():
 @pytest.fixture
 def launches(monkeypatch):
     """Record (kernel name, grid, meta) of every linear cross-entropy kernel launch."""
-    tl_ce = _triton_lce()
-    seen = []
-    real_launch = tl_ce.launch
-
-    def spy(kernel, grid, args, fixed, configs, **kw):
-        used = real_launch(kernel, grid, args, fixed, configs, **kw)
-        meta = dict(fixed, **used.kwargs)
-        seen.append((kw["family"][0], grid(meta) if callable(grid) else grid, meta))
-        return used
-
-    monkeypatch.setattr(tl_ce, "launch", spy)
-    return seen
+    return spy_launches(_triton_lce(), monkeypatch)
 
 
 def check_against_reference(queries, items, targets, backend="triton", tol=TOL[torch.float32], upstream=1.5):

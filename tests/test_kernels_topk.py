@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import kernel_device
+from conftest import kernel_device, spy_launches
 from diffrec.kernels import KernelInputError, inner_product_topk
 from diffrec.kernels.topk import chunked_topk, normalize_exclude
 from hypothesis import HealthCheck, given, settings
@@ -157,19 +157,8 @@ def _triton_topk_module():
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Record (grid, meta) of every top-K kernel launch."""
-    tt = _triton_topk_module()
-    seen = []
-    real_launch = tt.launch
-
-    def spy(kernel, grid, args, fixed, configs, **kw):
-        used = real_launch(kernel, grid, args, fixed, configs, **kw)
-        meta = dict(fixed, **used.kwargs)
-        seen.append((grid(meta) if callable(grid) else grid, meta))
-        return used
-
-    monkeypatch.setattr(tt, "launch", spy)
-    return seen
+    """Record (kernel name, grid, meta) of every top-K kernel launch."""
+    return spy_launches(_triton_topk_module(), monkeypatch)
 
 
 @pytest.mark.parametrize("dim, chunk", [(200, 16), (200, 64), (1000, None), (40, 16)])
@@ -184,7 +173,7 @@ def test_triton_feature_dimension_streamed_in_chunks(dim, chunk, launches):
     with tt.force_config(config=config):
         scores, ids = inner_product_topk(queries, items, 10, backend="triton")
     assert torch.equal(ids.cpu(), ref_i) and torch.equal(scores.double().cpu(), ref_v)
-    (_, meta), = launches
+    (_, _, meta), = launches
     assert meta["BLOCK_K"] < meta["D_PAD"]  # the d-loop ran, not one block holding d
 
 
@@ -204,7 +193,7 @@ def test_triton_every_cuda_configuration_and_split_path(batch, n_items, dim, k, 
             scores, ids = inner_product_topk(queries, items, k, exclude=history, backend="triton")
         assert torch.equal(ids.cpu(), ref_i), config
         assert torch.equal(scores.double().cpu(), ref_v), config
-    grid, _ = launches[0]
+    _, grid, _ = launches[0]
     assert grid[1] == triton_cdiv(n_items, tt.SPLIT_GRANULE) > 1  # one split per 128 items at this size
 
 

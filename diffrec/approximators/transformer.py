@@ -72,13 +72,12 @@ class MultiHeadAttention(nn.Module):
             w, b = self.qkv.weight, self.qkv.bias
             q = F.linear(x[:, -1:], w[:d], b[:d]).view(B, 1, self.heads, d // self.heads).transpose(1, 2)  # (B, H, 1, dh)
             k, v = F.linear(x, w[d:], b[d:]).view(B, L, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, L, dh)
-            L = 1
         else:
             q, k, v = self.qkv(x).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, dh)
         # a zero query turns a padding row's logits into its bias alone: the uniform (weighted) row of the public code
         q = q * real_rows
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p if self.training else 0.0)  # (B, H, L, dh)
-        return self.out(y.transpose(1, 2).reshape(B, L, d))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p if self.training else 0.0)  # (B, H, Lq, dh)
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], d))
 
 
 class FeedForward(nn.Module):
