@@ -49,7 +49,7 @@ def one(kind: str, items: int, users: int, mode: str, steps: int, batches: int, 
 
     from diffrec.data import TrainExamples, make_synthetic
     from diffrec.evaluation import evaluate
-    from diffrec.trainer import build_model
+    from diffrec.building import build_model
 
     data = make_synthetic(users, items, seed=0, zipf=1.0)
     # "dense" holds the B x (N + 1) logits even above the size where ce fuses by itself

@@ -25,7 +25,7 @@ from diffrec.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from diffrec.data.source import open_dataset
 from diffrec.evaluation import evaluate
 from diffrec.registry import load_builtin_parts
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import cpu_name, parse_settings  # noqa: E402
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     data = open_dataset(DataConfig(path=args.data))  # a path, or "synthetic" for the built-in data
     device = torch.device("cpu")
     if args.checkpoint is not None:
-        from diffrec.trainer import load_run_model
+        from diffrec.building import load_run_model
 
         base, loaded, _ = load_run_model(args.checkpoint, device)
         state = loaded.state_dict()

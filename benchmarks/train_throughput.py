@@ -36,7 +36,7 @@ import torch
 from diffrec.config import ModelConfig, RunConfig, TrainConfig
 from diffrec.data import TrainExamples, load_dataset
 from diffrec.registry import load_builtin_parts, registry
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 
 def parse_settings(pairs: list[str]) -> dict:

@@ -172,7 +172,7 @@ def data_config(path: Optional[str], values: dict[str, Any], base: Any = None):
 
 def load_checkpoint(checkpoint: pathlib.Path, device: str, sets: list[str] = ()):
     """(config, model, dataset record, device) of a run directory, with ``--set`` assignments applied."""
-    from diffrec.trainer import load_run_model, select_device
+    from diffrec.building import load_run_model, select_device
 
     dev = select_device(device)
     cfg, model, record = load_run_model(checkpoint, dev, sets)

@@ -310,7 +310,7 @@ def _sweep(checkpoint, sweep, save_sweep, force, sets, data, split, device, outp
     """``evaluate --sweep``: one evaluation per value, a table, and optionally the points as JSON."""
     from diffrec.files import atomic_write, check_overwrite
     from diffrec.sweep import is_sweep_file, parse_sweep, run_sweep
-    from diffrec.trainer import select_device
+    from diffrec.building import select_device
 
     if sweep is None:
         raise DiffrecError("--save-sweep needs --sweep KEY=V1,V2,...")

@@ -100,7 +100,7 @@ def analyze(
     from diffrec.checkpoint import RunDir, data_fingerprint
     from diffrec.files import atomic_write
     from diffrec.runner import git_sha, machine
-    from diffrec.trainer import load_run_model, select_device
+    from diffrec.building import load_run_model, select_device
 
     if not checkpoint:
         raise DiffrecError("give at least one --checkpoint")

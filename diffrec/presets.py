@@ -208,7 +208,7 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
         raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     preset = PRESETS[name]
     if RECIPES[recipe]["train"].get("examples") == "sequence":
-        from diffrec.trainer import sequence_example_models
+        from diffrec.building import sequence_example_models
 
         if preset.model not in sequence_example_models():
             raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")

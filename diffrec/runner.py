@@ -126,7 +126,7 @@ def reevaluate(
     """Validation and test metrics of ``base_dir``'s best weights under ``config`` (which differs from
     the base run's only in what inference uses), cached in ``cache`` until the base run changes."""
     from diffrec.evaluation import evaluate
-    from diffrec.trainer import build_model, select_device
+    from diffrec.building import build_model, select_device
 
     base = ckpt.RunDir(base_dir)
     if not base.file(ckpt.FINAL).is_file():

@@ -58,7 +58,7 @@ def run_sweep(
     """Evaluate ``checkpoint`` at every value of ``key``; the dataset is read once."""
     from diffrec.evaluation import evaluate
     from diffrec.runner import git_sha, machine
-    from diffrec.trainer import load_run_model
+    from diffrec.building import load_run_model
 
     run = RunDir(checkpoint)
     points, dataset = [], None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -36,45 +35,11 @@ from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
 from diffrec.distributed import all_sum, average_gradients, barrier, broadcast_object, gather_objects, shard, world_from_env
 from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
+from diffrec.building import build_model, seed_everything, select_device, sequence_example_models
 from diffrec.evaluation import evaluate
 from diffrec.files import make_dirs, remove_created, temp_sibling
 from diffrec.params import part_name
-from diffrec.models.base import Recommender
 from diffrec.progress import progress_bar
-from diffrec.registry import load_builtin_parts, load_plugin, registry
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DiffrecError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffrecError("device 'cuda' was requested but CUDA is not available")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def sequence_example_models() -> list[str]:
-    """Registered models that train on sequence examples (a target at every position)."""
-    load_builtin_parts()
-    return [name for name in registry("model").names() if getattr(registry("model").get(name), "supports_sequence_examples", False)]
-
-
-def build_model(config: RunConfig, num_items: int) -> Recommender:
-    """The configured model, with built-in parts and the config's plugins registered."""
-    load_builtin_parts()
-    for plugin in config.plugins:
-        load_plugin(plugin)
-    model_cls = registry("model").get(config.model.model)
-    return model_cls(config.model, num_items)
 
 
 @dataclass
@@ -459,23 +424,3 @@ def _without_budget(config: RunConfig) -> dict[str, Any]:
     for key in RESUMABLE_CHANGES:
         raw["train"].pop(key)
     return raw
-
-
-def load_run_model(run_dir: str | pathlib.Path, device: torch.device, sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, Recommender, dict[str, Any]]:
-    """The best model of a finished (or running) run directory; ``sets`` (``KEY=VALUE``, see
-    :mod:`diffrec.overrides`) change the run's config first, e.g. ``reverse_sampler.steps=4``."""
-    from diffrec.overrides import apply_all
-
-    run = ckpt.RunDir(run_dir)
-    if not run.path.is_dir():
-        raise DiffrecError(f"{run.path} is not a run directory" if run.path.exists() else f"run directory not found: {run.path}")
-    config = apply_all(run.valid_config(), list(sets))
-    record = run.dataset()
-    model = build_model(config, int(record["num_items"])).to(device)
-    weights = run.file(ckpt.BEST)
-    if not weights.is_file():
-        raise DiffrecError(f"{run.path} has no {ckpt.BEST} yet (no validation has run)")
-    ckpt.load_model_tensors(model, ckpt.load_tensors(weights), weights)
-    model.eval()
-    return config, model, record
-

@@ -6,7 +6,7 @@ import torch
 
 from diffrec.config import ModelConfig, RunConfig
 from diffrec.data.batching import Batch
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 N, D, L = 30, 16, 8
 

@@ -25,7 +25,8 @@ from diffrec.errors import ConfigError
 from diffrec.models.baselines import BaselineRecommender
 from diffrec.registry import registry
 from diffrec.sampled_losses import sample_negatives
-from diffrec.trainer import Trainer, build_model, sequence_example_models
+from diffrec.building import build_model, sequence_example_models
+from diffrec.trainer import Trainer
 
 MODELS = ["sasrec", "gru4rec", "bert4rec", "caser", "stosa"]
 NATIVE_LOSS = {"sasrec": "bce", "gru4rec": "bpr", "bert4rec": "ce", "caser": "bce", "stosa": "bpr"}

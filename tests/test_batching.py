@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from diffrec.config import ModelConfig, RunConfig
 from diffrec.data.batching import EvalInputs, SequenceExamples, TrainExamples, history_batch
 from diffrec.data.dataset import SequenceData
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 
 def rows_of(batch):

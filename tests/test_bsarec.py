@@ -17,7 +17,8 @@ from diffrec.errors import ConfigError, DiffrecError
 from diffrec.models.bsarec import MASKED, FrequencyRescaler, attention_bias
 from diffrec.registry import list_parts
 from diffrec.reproduce import PRESETS, RECIPES, preset_config
-from diffrec.trainer import Trainer, build_model, sequence_example_models, step_lr
+from diffrec.building import build_model, sequence_example_models
+from diffrec.trainer import Trainer, step_lr
 
 D, N, MAX_LEN = 16, 30, 8
 HISTORIES = [[3, 7, 1], [2], [5, 9, 30, 4], [8, 8], [11, 12, 13, 14, 15, 16, 17, 18]]

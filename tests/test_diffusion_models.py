@@ -14,7 +14,8 @@ from diffrec.config import ModelConfig, RunConfig, TrainConfig
 from diffrec.data import make_synthetic
 from diffrec.data.batching import Batch
 from diffrec.errors import ConfigError
-from diffrec.trainer import Trainer, build_model
+from diffrec.building import build_model
+from diffrec.trainer import Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 N, D = 40, 16

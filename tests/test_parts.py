@@ -16,7 +16,7 @@ from diffrec.data.batching import Batch
 from diffrec.registry import list_parts, registry
 from diffrec.samplers import LossAwareSampler
 from diffrec.schedules import GaussianDiffusion
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 PARTS = list_parts()
 D, N, B = 16, 30, 5

@@ -7,7 +7,8 @@ from diffrec.data import make_synthetic
 from diffrec.errors import DiffrecError
 from diffrec.reproduce import PRESETS, RECIPES, markdown_table, paired_t_test, preset_config, reproduce
 from diffrec.registry import load_builtin_parts, registry
-from diffrec.trainer import build_model, step_lr
+from diffrec.building import build_model
+from diffrec.trainer import step_lr
 
 load_builtin_parts()
 
@@ -204,7 +205,7 @@ def test_one_step_control_reevaluates_the_trained_run(tmp_path):
     from diffrec.data import load_dataset
     from diffrec.evaluation import evaluate
     from diffrec.registry import registry
-    from diffrec.trainer import load_run_model
+    from diffrec.building import load_run_model
 
     cfg, model, _ = load_run_model(base_dir, __import__("torch").device("cpu"))
     model.reverse_sampler = registry("reverse_sampler").build_from("one_step", config=cfg.model)

@@ -11,7 +11,7 @@ from diffrec.errors import ConfigError
 from diffrec.evaluation import evaluate
 from diffrec.registry import registry
 from diffrec.rounding_ann import recall_at_k
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 
 def clustered(n: int = 3000, d: int = 16, centres: int = 30, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,7 @@ from diffrec.data import make_synthetic
 from diffrec.evaluation import evaluate
 from diffrec.metrics import target_ranks
 from diffrec.streaming import streamed_ranks
-from diffrec.trainer import build_model
+from diffrec.building import build_model
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

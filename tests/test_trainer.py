@@ -10,7 +10,8 @@ from diffrec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from diffrec.data.synthetic import make_synthetic, popularity_hr_at_k
 from diffrec.errors import DiffrecError, TrainingDivergedError
 from diffrec.evaluation import evaluate
-from diffrec.trainer import Trainer, load_run_model
+from diffrec.building import load_run_model
+from diffrec.trainer import Trainer
 
 
 def tiny_config(**train) -> RunConfig:
