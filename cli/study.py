@@ -15,7 +15,8 @@ from diffrec.errors import DiffrecError
 @handle_errors
 def ablate(
     data: str = typer.Option("synthetic", help="Dataset file or folder (or 'synthetic')."),
-    out: pathlib.Path = typer.Option(..., "--out", "-o", help="Folder for the runs, ablation.json, ablation.md and the figures."),
+    out: pathlib.Path = typer.Option(..., "--out", "-o", help="Folder for the runs, ablation.json, ablation.md and the figures (new, empty, or an earlier ablation's: its runs are reused)."),
+    runs: Optional[pathlib.Path] = typer.Option(None, "--runs", help="Folder of the trained runs (default OUT/runs); ablations of the same trainings can share one."),
     grid: list[str] = typer.Option([], "--grid", help="An axis KEY=V1,V2,...: a part, a part's parameter, a model setting or a config field (repeatable; the cells are the cross product)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds)."),
@@ -40,6 +41,7 @@ def ablate(
     from diffrec.files import atomic_write
 
     axes = ab.parse_grid(list(grid))
+    ab.check_out(out, runs)
     if jobs < 1:
         raise DiffrecError("--jobs must be >= 1")
     seed_list = sorted(set(seed)) if seed else [1997 + i for i in range(seeds)]
@@ -54,7 +56,7 @@ def ablate(
         raise DiffrecError(f"the grid needs {trainings} trainings; pass --yes to run more than {ab.LARGE_GRID}")
     log = (lambda line: console.print(line, highlight=False, soft_wrap=True))
     command = "diffrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = ab.ablate(cells, seed_list, out, reference=ref, jobs=jobs, command=command, show_progress=not quiet and console.is_terminal, log=log)
+    summary = ab.ablate(cells, seed_list, out, reference=ref, runs=runs, jobs=jobs, command=command, show_progress=not quiet and console.is_terminal, log=log)
     atomic_write(out / "ablation.md", markdown(summary))
     written = figures(summary, [(a.key, a.values) for a in axes], out)
     table = Table(title=f"ablation ({len(seed_list)} seeds, test split, %)")

@@ -5,10 +5,15 @@ with a list of values; the cells are the cross product. Axes that only change in
 (the reverse sampler and its parameters, the rounding, evaluation settings) do not retrain:
 cells that differ only in them share one trained run per seed, whose best weights are
 re-evaluated for each (cached). Every training is one run directory under
-``OUT/runs/<cell>/seed<N>`` and goes through :func:`diffrec.runner.run_one`, so finished runs
+``RUNS/<cell>/seed<N>`` (``RUNS`` is ``OUT/runs`` unless given, so that ablations over the
+same trainings, a steps grid beside a rounding grid, can share them) and goes through :func:`diffrec.runner.run_one`, so finished runs
 are reused, unfinished ones resumed, and two processes can share a grid (a run another
 process holds is skipped and reported). A cell whose combination is invalid is refused with
 its reason while the others go on.
+
+``OUT`` must be new, empty or an ablation folder that diffrec wrote (:func:`check_out`): a
+second invocation reuses its runs and rewrites its summary and figures, and anything else in
+it is never touched.
 
 The summary (``ablation.json``) has per cell the per-seed metrics, mean, standard deviation
 and 95% interval of every metric, and against the reference cell the difference, a paired
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import pathlib
 import re
 import time
@@ -40,6 +46,42 @@ from diffrec.stats import METRICS, aggregate, ci95, holm, paired_t_test
 INFERENCE_SETTINGS = ("reverse_sampler", "rounding")
 #: grids with more trainings than this need ``yes=True`` (``--yes``)
 LARGE_GRID = 100
+KIND = "diffrec ablation"
+
+
+def check_out(out: pathlib.Path, runs: pathlib.Path | None = None) -> None:
+    """``out`` must be new, empty or an ablation folder that diffrec wrote: only its runs and
+    evaluation caches, ``ablation.json`` (its kind), ``ablation.md`` (its first line) and
+    ``ablation_*.png`` (diffrec's PNG marker). ``runs`` (``--runs``), when given, must be a folder
+    or not exist; the runs in it protect themselves (a run directory refuses what is not a run)."""
+    from diffrec.ablation_report import MARK
+    from diffrec.files import is_temp_name, read_head
+    from diffrec.plots import is_diffrec_png
+
+    for path, what in ((out, "--out"), (runs, "--runs")):
+        if path is not None and os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+            raise DiffrecError(f"{what} {path} exists and is not a folder")
+    if not out.is_dir():
+        return
+
+    def mine(entry: pathlib.Path) -> bool:
+        name = entry.name
+        if name in ("runs", "evals"):
+            return entry.is_dir() and not entry.is_symlink()
+        if entry.is_symlink() or not entry.is_file():
+            return False
+        if name == "ablation.json":
+            try:
+                return json.loads(entry.read_text()).get("kind") == KIND
+            except (OSError, ValueError, AttributeError):
+                return False
+        if name == "ablation.md":
+            return read_head(entry, len(MARK)).decode("utf-8", "replace") == MARK
+        return (name.startswith("ablation_") and name.endswith(".png") and is_diffrec_png(entry)) or is_temp_name(name)
+
+    foreign = sorted(e.name for e in out.iterdir() if not mine(e))
+    if foreign:
+        raise DiffrecError(f"refusing to write into {out}: it holds {', '.join(foreign[:5])}, which diffrec ablate did not write (give a new or empty --out)")
 
 
 @dataclass
@@ -176,13 +218,18 @@ def ablate(
     out: pathlib.Path,
     *,
     reference: dict[str, str] | None,
+    runs: pathlib.Path | None = None,
     jobs: int = 1,
     command: str = "",
     show_progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate every cell over ``seeds``; write and return ``OUT/ablation.json``."""
+    """Train and evaluate every cell over ``seeds`` (the runs in ``runs``, default ``OUT/runs``);
+    write and return ``OUT/ablation.json``."""
     from diffrec.data.source import open_dataset
+
+    check_out(out, runs)
+    runs = out / "runs" if runs is None else runs
 
     started = time.perf_counter()
     valid = [c for c in cells if c.refused is None]
@@ -198,10 +245,10 @@ def ablate(
             config = copy.deepcopy(cell.train_config)
             config.train.seed = seed  # type: ignore[union-attr]
             trainings.setdefault((slug(cell.train), seed), config)
-    results, busy, failed = _run_trainings(trainings, out, data, jobs, show_progress, log)
+    results, busy, failed = _run_trainings(trainings, runs, data, jobs, show_progress, log)
     for cell in valid:
         for seed in seeds:
-            run_dir = out / "runs" / slug(cell.train) / f"seed{seed}"
+            run_dir = runs / slug(cell.train) / f"seed{seed}"
             final = results.get(str(run_dir))
             if str(run_dir) in failed:
                 cell.refused = f"seed {seed}: {failed[str(run_dir)]}"
@@ -215,21 +262,21 @@ def ablate(
                 final = reevaluate(run_dir, config, data, cache, earlier, label=f"{cell.name} seed {seed}", log=log)
             cell.runs.append({"seed": seed, "run_dir": str(run_dir), "valid": final["valid"], "test": final["test"], "epochs_run": final.get("epochs_run"), "wall_seconds": final.get("wall_seconds")})
     summary = summarise(cells, seeds, reference, busy)
-    summary.update(command=command, git_sha=git_sha(), machine=machine(), wall_seconds=time.perf_counter() - started, dataset=str(valid[0].config.data.path))  # type: ignore[union-attr]
+    summary.update(runs_dir=str(runs), command=command, git_sha=git_sha(), machine=machine(), wall_seconds=time.perf_counter() - started, dataset=str(valid[0].config.data.path))  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out / "ablation.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
 
 
 def _run_trainings(
-    trainings: dict[tuple[str, int], RunConfig], out: pathlib.Path, data: Any, jobs: int, show_progress: bool, log: Callable[[str], None]
+    trainings: dict[tuple[str, int], RunConfig], runs: pathlib.Path, data: Any, jobs: int, show_progress: bool, log: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, str]]:
     """Train every distinct run (``jobs`` at a time in worker processes). Runs held by another process
     are skipped (``busy``); a run that fails (diverges, refuses its data) is reported with its reason."""
     results: dict[str, dict[str, Any]] = {}
     busy: list[str] = []
     failed: dict[str, str] = {}
-    items = [(out / "runs" / name / f"seed{seed}", config, f"{name} seed {seed}") for (name, seed), config in trainings.items()]
+    items = [(runs / name / f"seed{seed}", config, f"{name} seed {seed}") for (name, seed), config in trainings.items()]
     if jobs <= 1:
         for run_dir, config, label in items:
             try:
@@ -297,4 +344,4 @@ def summarise(cells: list[Cell], seeds: list[int], reference: dict[str, str] | N
             for m in METRICS:
                 for name, p in holm(raw[m]).items():
                     entries[name]["vs_reference"][m]["p_holm"] = p
-    return {"kind": "diffrec ablation", "seeds": seeds, "reference": ref_name, "cells": entries, "busy": busy, "unit": "percent"}
+    return {"kind": KIND, "seeds": seeds, "reference": ref_name, "cells": entries, "busy": busy, "unit": "percent"}

@@ -9,6 +9,8 @@ from typing import Any
 from diffrec.errors import DiffrecError
 
 SHOWN = ("HR@10", "NDCG@10")
+#: the first line of every ``ablation.md``: how ``diffrec ablate`` recognises its own
+MARK = "<!-- diffrec ablation -->"
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -37,7 +39,7 @@ def markdown(summary: dict[str, Any], alpha: float = 0.05) -> str:
         mark = "*" if versus and any((versus[m].get("p_holm") or 1.0) < alpha for m in SHOWN) else ""
         lines.append(f"| {name} | {len(entry['runs'])} | " + " | ".join([*(_cell(entry, m) for m in SHOWN), *deltas, *ps, mark]) + " |")
     note = f"\n\nTest split, percent, mean ± std over seeds. Δ and paired t-tests against `{ref}` over the seeds both ran; Holm-corrected over the cells per metric; * marks p (Holm) < {alpha}." if ref else "\n\nTest split, percent, mean ± std over seeds."
-    return "\n".join(lines) + note + "\n"
+    return MARK + "\n\n" + "\n".join(lines) + note + "\n"
 
 
 def _numeric(values: list[str]) -> list[float] | None:

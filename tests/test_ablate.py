@@ -45,6 +45,7 @@ def test_a_grid_writes_its_summary_table_and_figures(grid):
                 p = cell.get("vs_reference", {}).get(metric, {}).get(key)
                 assert p is None or 0.0 <= p <= 1.0
     assert "| delta=0.001, reverse_sampler=ddpm | 2 |" in (out / "ablation.md").read_text()
+    assert (out / "ablation.md").read_text().startswith("<!-- diffrec ablation -->")
     for png in ("ablation_HR10.png", "ablation_NDCG10.png", "ablation_delta.png", "ablation_heatmap.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "ablation (2 seeds" in proc.stdout
@@ -59,6 +60,41 @@ def test_a_second_invocation_reuses_every_run(grid):
     assert proc.stdout.count("reusing") == 2 * 2 + 2 * 2  # 4 trainings and the 4 cached re-evaluations
     after = json.loads((out / "ablation.json").read_text())
     assert {n: c["test"] for n, c in after["cells"].items()} == {n: c["test"] for n, c in before["cells"].items()}
+
+
+def test_another_ablation_shares_the_trainings_through_runs(grid, tmp_path):
+    out, _, _ = grid
+    steps = tmp_path / "steps"
+    proc = diffrec("ablate", "--out", steps, "--runs", out / "runs", "--grid", "delta=0.001", "--grid", "reverse_sampler.steps=1,2", "--seeds", "2", "--recipe", "fast", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training in" not in proc.stdout and proc.stdout.count("re-evaluating") == 2 * 2
+    summary = json.loads((steps / "ablation.json").read_text())
+    assert summary["runs_dir"] == str(out / "runs") and not (steps / "runs").exists()
+    assert [c["status"] for c in summary["cells"].values()] == ["ok", "ok"]
+    assert {r["run_dir"] for c in summary["cells"].values() for r in c["runs"]} == {str(out / "runs" / "delta=0.001" / f"seed{s}") for s in (1997, 1998)}
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("notes.txt", b"mine"), ("ablation.md", b"| my own table |\n"), ("ablation.json", b'{"kind": "my results"}'), ("ablation_HR10.png", b"\x89PNG\r\n\x1a\nmine")],
+)
+def test_an_out_folder_with_files_ablate_did_not_write_is_refused(tmp_path, name, content):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_bytes(content)
+    proc = diffrec("ablate", "--out", out, "--grid", "delta=0.001,0.01", *TINY)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"refusing to write into {out}: it holds {name}" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_bytes() == content
+
+
+def test_an_out_or_runs_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    for option in ("--out", "--runs"):
+        args = ["--out", tmp_path / "new", "--runs", tmp_path / "file"] if option == "--runs" else ["--out", tmp_path / "file"]
+        proc = diffrec("ablate", *args, "--grid", "delta=0.001,0.01", *TINY)
+        assert proc.returncode == 2 and f"{option} {tmp_path / 'file'} exists and is not a folder" in proc.stderr
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
 def test_an_invalid_combination_is_refused_and_the_others_go_on(tmp_path):
