@@ -88,6 +88,18 @@ def test_an_out_folder_with_files_ablate_did_not_write_is_refused(tmp_path, name
     assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_bytes() == content
 
 
+def test_an_earlier_ablation_folder_is_accepted(tmp_path):
+    from diffrec.ablate import check_out
+
+    (tmp_path / "runs" / "delta=0.01").mkdir(parents=True)
+    (tmp_path / "ablation.json").write_text('{"kind": "diffrec ablation"}')
+    (tmp_path / "ablation.md").write_text("| cell | seeds | HR@10 | NDCG@10 | Δ HR@10 | Δ NDCG@10 |\n")  # written before the marker
+    check_out(tmp_path)
+    (tmp_path / "ablation.md").write_text("| cell | seeds | mine |\n")
+    with pytest.raises(Exception, match="it holds ablation.md"):
+        check_out(tmp_path)
+
+
 def test_an_out_or_runs_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("mine")
     for option in ("--out", "--runs"):
