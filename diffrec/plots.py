@@ -186,7 +186,7 @@ def plot_sweeps(sweeps: list[dict], out: pathlib.Path, metrics: tuple[str, ...] 
     for sweep in sweeps:
         points = sorted(sweep["points"], key=lambda p: p["value"]) if numeric else sweep["points"]
         xs = [p["value"] for p in points] if numeric else [str(p["value"]) for p in points]
-        label = f"{sweep.get('model', '?')}: {pathlib.Path(sweep['checkpoint']).name}"
+        label = f"{sweep.get('model', '?')}: {run_label(pathlib.Path(sweep['checkpoint']))}"
         for ax, name in zip(axes, (*metrics, "seconds")):
             ys = [p["seconds"] if name == "seconds" else p["metrics"][name] for p in points]
             ax.plot(xs, ys, marker="o", label=label)
