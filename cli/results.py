@@ -20,7 +20,7 @@ def reproduce(
     models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds). Seeds accumulate in the table across invocations."),
-    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options), long (fast with 27 epochs before the decay), fast-2x (fast at learning rate 2e-3 after a 500-step warm-up), fast-b1024 (fast at the paper's batch of 1024) or sequence (SASRec's training: a target at every position; sasrec, gru4rec, stosa, and bert4rec's cloze over the whole window)."),
+    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options), long (fast with 27 epochs before the decay), fast-2x (fast at learning rate 2e-3 after a 500-step warm-up), fast-b1024 (fast at the paper's batch of 1024) or sequence (SASRec's training: a target at every position; sasrec, gru4rec, stosa, dreamrec, and bert4rec's cloze over the whole window)."),
     data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
     out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),

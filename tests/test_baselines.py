@@ -143,7 +143,7 @@ SEQUENCES = [[3, 7, 1, 9], [2, 5], [5, 9, 30, 4, 6], [8, 8, 8], [11, 12, 13, 14,
 def test_which_baselines_train_on_sequence_examples():
     assert SEQUENCE_MODELS == ["sasrec", "gru4rec", "bert4rec", "stosa"]  # not Caser, whose windows are its own
     assert CAUSAL_MODELS == ["sasrec", "gru4rec", "stosa"]  # BERT4Rec is bidirectional
-    assert sequence_example_models() == ["bert4rec", "gru4rec", "sasrec", "stosa"]  # every registered model, DiffuRec not among them
+    assert sequence_example_models() == ["bert4rec", "dreamrec", "gru4rec", "sasrec", "stosa"]  # every registered model, DiffuRec not among them
 
 
 @pytest.mark.parametrize("name", CAUSAL_MODELS)
@@ -218,7 +218,7 @@ def test_sequence_examples_shapes_and_gradients(name):
 @pytest.mark.parametrize("name", ["caser", "diffurec"])
 def test_prefix_only_models_refuse_sequence_examples(name, tmp_path):
     config = RunConfig(model=ModelConfig(model=name, hidden_size=16, num_blocks=1, num_heads=2, max_len=8), train=TrainConfig(examples="sequence"))
-    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*bert4rec, gru4rec, sasrec, stosa"):
+    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*bert4rec, dreamrec, gru4rec, sasrec, stosa"):
         Trainer(config, make_synthetic(num_users=50, num_items=20, seed=0), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 

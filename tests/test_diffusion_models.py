@@ -86,6 +86,74 @@ def test_preferdiff_with_lamda_one_is_dreamrec():
         build_model(RunConfig(model=ModelConfig(model="preferdiff", loss="ce", hidden_size=D, num_heads=2)), N)
 
 
+def diffusion_models(sequence: bool) -> list[str]:
+    from diffrec.models.diffusion import DiffusionRecommender
+    from diffrec.registry import load_builtin_parts, registry
+
+    load_builtin_parts()
+    classes = {name: registry("model").get(name) for name in registry("model").names()}
+    return [name for name, cls in classes.items() if issubclass(cls, DiffusionRecommender) and cls.supports_sequence_examples == sequence]
+
+
+SEQUENCES = [[3, 7, 1, 9], [2, 5], [5, 9, 30, 4, 6], [8, 8, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19]]
+
+
+def sequence_batch(width: int = 8) -> Batch:
+    """Inputs ``h[:-1]`` left-padded to ``width``, with the item after each position (0 at padding)."""
+    seq, nxt = torch.zeros(len(SEQUENCES), width, dtype=torch.long), torch.zeros(len(SEQUENCES), width, dtype=torch.long)
+    for row, items in enumerate(SEQUENCES):
+        seq[row, width - len(items) + 1 :] = torch.tensor(items[:-1])
+        nxt[row, width - len(items) + 1 :] = torch.tensor(items[1:])
+    rows = len(SEQUENCES)
+    return Batch(seq, nxt[:, -1].clone(), torch.zeros(rows, dtype=torch.long), torch.arange(rows), nxt)
+
+
+def test_which_diffusion_models_train_on_sequence_examples():
+    assert diffusion_models(sequence=True) == ["dreamrec"]  # causal guidance; DiffuRec injects into the whole history
+    assert set(diffusion_models(sequence=False)) == {"diffurec", "preferdiff"}
+
+
+@pytest.mark.parametrize("name", diffusion_models(sequence=True))
+def test_each_positions_condition_is_that_of_its_prefix(name):
+    """In a sequence batch, position j's condition is the condition of the history cut after j,
+    and its target the item after j: the pairs are causal, aligned and one per real position."""
+    m = model(name).eval()
+    b = sequence_batch()
+    c, targets = m.training_pairs(b)
+    real = b.next_items > 0
+    assert c.shape == (int(real.sum()), D) and torch.equal(targets, b.next_items[real])
+    per_position = torch.zeros(*b.seq.shape, D)
+    per_position[real] = c
+    for j in range(b.seq.shape[1]):
+        rows = real[:, j]
+        if rows.any():
+            cut = Batch(b.seq[:, : j + 1], b.next_items[:, j], b.pad_extra, b.users)
+            assert torch.allclose(per_position[rows, j], m.condition(cut)[rows], atol=1e-5), j
+
+
+@pytest.mark.parametrize("name", diffusion_models(sequence=True))
+def test_a_sequence_batch_trains_every_position(name):
+    m = model(name, loss="ce", dropout=0.1, emb_dropout=0.1)
+    b = sequence_batch()
+    loss = m.calculate_loss(b)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    prefix = Batch(b.seq, b.target, b.pad_extra, b.users)
+    assert m.training_pairs(prefix)[0].shape == (len(SEQUENCES), D)  # prefix examples: one pair per row
+
+
+def test_dreamrec_learns_from_sequence_examples(tmp_path):
+    data = make_synthetic(num_users=1500, num_items=300, seed=0)
+    config = RunConfig(
+        model=ModelConfig(model="dreamrec", loss="ce", hidden_size=32, num_blocks=1, num_heads=1, max_len=20, diffusion_steps=50, emb_init_std=0.05, reverse_sampler={"name": "ddim", "steps": 4, "guidance": 1.0}),
+        train=TrainConfig(examples="sequence", epochs=9, eval_every=3, batch_size=16, lr=5e-3, num_threads=1),  # as many updates as the prefix test
+    )
+    final = Trainer(config, data, tmp_path / "run", show_progress=False).fit()
+    assert final["test"]["HR@10"] > 3 * 100 * 10 / 300, final["test"]  # well above a random ranking
+
+
 @pytest.mark.parametrize("name, lr", [("dreamrec", 5e-3), ("preferdiff", 2e-3)])
 def test_the_published_models_learn_the_planted_structure(name, lr, tmp_path):
     data = make_synthetic(num_users=1500, num_items=300, seed=0)

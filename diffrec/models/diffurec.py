@@ -117,9 +117,9 @@ class DiffuRec(DiffusionRecommender):
         rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
         return self.out_norm(self.out_dropout(rep))
 
-    def target_x0(self, batch: Batch) -> torch.Tensor:
+    def target_x0(self, targets: torch.Tensor) -> torch.Tensor:
         """x_0 from the target embedding: e itself (public code) or a draw from q(x_0 | e) (paper Eq. 15)."""
-        e = self.item_emb(batch.target)  # (B, d)
+        e = self.item_emb(targets)  # (B, d)
         if not self.settings.x0_from_embedding:
             return e
         a0 = float(1.0 - self.diffusion.betas[0])

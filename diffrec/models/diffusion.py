@@ -22,7 +22,10 @@ is checkpointed through ``nn.Module``'s extra-state hooks; and the RecBole-style
 - ``item_table()``: the (N + 1, d) item embeddings that give x_0 and score the rounding.
 
 ``target_x0`` and ``training_losses`` may be overridden (a model with its own objective,
-PreferDiff's, does the latter).
+PreferDiff's, does the latter). A model whose condition is causal can also train on sequence
+examples (a target at every position, as SASRec and BSARec train): it sets
+``supports_sequence_examples`` and overrides ``training_pairs`` to give one condition per real
+position with the item that follows it.
 """
 
 from __future__ import annotations
@@ -107,13 +110,19 @@ class DiffusionRecommender(Recommender):
     def item_table(self) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def target_x0(self, batch: Batch) -> torch.Tensor:
-        """x_0 of the training targets: their embeddings, (B, d)."""
-        return self.item_table()[batch.target]
+    def training_pairs(self, batch: Batch) -> tuple[Any, torch.Tensor]:
+        """The conditions a training batch trains and their target ids (n,): one per prefix example.
+        A model with ``supports_sequence_examples`` gives one per real position of a sequence
+        example (``batch.next_items``) instead."""
+        return self.condition(batch), batch.target
 
-    def training_losses(self, x0_hat: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The configured loss of x0_hat against the targets: (B,), or () for a batch-mean loss."""
-        return self.loss_fn(x0_hat, self.item_table(), batch.target)
+    def target_x0(self, targets: torch.Tensor) -> torch.Tensor:
+        """x_0 of the training targets (n,): their embeddings, (n, d)."""
+        return self.item_table()[targets]
+
+    def training_losses(self, x0_hat: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The configured loss of x0_hat (n, d) against the targets (n,): (n,), or () for a batch-mean loss."""
+        return self.loss_fn(x0_hat, self.item_table(), targets)
 
     # ------------------------------------------------------------ shared
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, condition: Any, batch: Batch, generator: torch.Generator | None = None, unconditional: bool = False) -> torch.Tensor:
@@ -123,15 +132,15 @@ class DiffusionRecommender(Recommender):
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
         """The configured loss of x0_hat; for an eps model with the ``mse`` loss, DDPM's L_simple (MSE to the noise, Ho et al. Eq. 14)."""
-        c = self.condition(batch)
-        x0 = self.target_x0(batch)  # (B, d)
-        t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)  # (B,), (B,)
+        c, targets = self.training_pairs(batch)  # n = B pairs, or one per real position of sequence examples
+        x0 = self.target_x0(targets)  # (n, d)
+        t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)  # (n,), (n,)
         noise = torch.randn_like(x0)
-        x_t = self.diffusion.add_noise(x0, noise, t)  # (B, d), DDPM Eq. 4
+        x_t = self.diffusion.add_noise(x0, noise, t)  # (n, d), DDPM Eq. 4
         if self.settings.prediction_type == "epsilon" and part_name(self.config.loss) == "mse":
-            losses = (self.denoiser(x_t, t, c, batch) - noise).pow(2).mean(-1)  # (B,)
+            losses = (self.denoiser(x_t, t, c, batch) - noise).pow(2).mean(-1)  # (n,)
         else:
-            losses = self.training_losses(self.predict_x0(x_t, t, c, batch), batch)
+            losses = self.training_losses(self.predict_x0(x_t, t, c, batch), targets)
         if losses.dim() == 0:
             return losses
         self.timestep_sampler.update(t, losses)

@@ -12,7 +12,9 @@ user would prefer, guided by the history:
   probability ``p_uncond``; at sampling x0 = (1 + w) f(x_t, c) - w f(x_t, null) (Eq. 11),
   the reverse sampler's ``guidance`` w (DreamRec samples the DDPM posterior, which is
   ``ddim`` with every step and eta = 1);
-- rounding: inner product with the item embeddings.
+- rounding: inner product with the item embeddings;
+- training on every prefix (the authors' code) or, as the causal encoder allows, on sequence
+  examples: the guidance at every position is denoised toward the item after it.
 
 Defaults follow the authors' code: d = 64, one block and one head, item and null
 embeddings drawn N(0, 1), the VP ("exp") schedule with T = 200, w = 2, p_uncond = 0.1.
@@ -59,6 +61,7 @@ class DreamRec(DiffusionRecommender):
 
     Settings = DreamRecSettings
     supports_guidance = True
+    supports_sequence_examples = True
     default_loss = "mse"
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
@@ -78,20 +81,35 @@ class DreamRec(DiffusionRecommender):
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, d)
 
-    def encode(self, batch: Batch) -> torch.Tensor:
-        """The guidance vector: the causal encoder's output at the last position, (B, d)."""
+    def hidden(self, batch: Batch) -> torch.Tensor:
+        """The causal encoder's states before the final norm: (B, L, d), each from the items up to it."""
         x = self.emb_dropout(self.item_emb(batch.seq) + self.pos_emb(window_positions(batch)))  # (B, L, d)
         allowed = attention_mask(batch.mask, causal=True)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, allowed)
-        return self.final_norm(x[:, -1])
+        return x
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """The guidance vector: the causal encoder's output at the last position, (B, d)."""
+        return self.final_norm(self.hidden(batch)[:, -1])
 
     def condition(self, batch: Batch) -> torch.Tensor:
-        c = self.encode(batch)  # (B, d)
+        return self.drop_guidance(self.encode(batch))  # (B, d)
+
+    def drop_guidance(self, c: torch.Tensor) -> torch.Tensor:
+        """In training, each row's guidance replaced by the null vector with probability p_uncond: (n, d)."""
         if self.training and self.settings.p_uncond > 0:
-            drop = torch.rand(c.shape[0], 1, device=c.device) < self.settings.p_uncond  # (B, 1)
+            drop = torch.rand(c.shape[0], 1, device=c.device) < self.settings.p_uncond  # (n, 1)
             c = torch.where(drop, self.null.expand_as(c), c)
         return c
+
+    def training_pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix examples: (c, target); sequence examples: the guidance at every real position and
+        the item that follows it, (n, d) and (n,) (the encoder is causal, so position p sees items <= p)."""
+        if batch.next_items is None:
+            return self.condition(batch), batch.target
+        real = batch.next_items > 0  # (B, L)
+        return self.drop_guidance(self.final_norm(self.hidden(batch)[real])), batch.next_items[real]
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, batch: Batch, generator: torch.Generator | None = None, unconditional: bool = False) -> torch.Tensor:
         """x0_hat = MLP([x_t, c, d_t]): (B, d)."""

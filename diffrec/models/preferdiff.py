@@ -55,6 +55,8 @@ class PreferDiff(DreamRec):
     """PreferDiff: DreamRec's guided denoiser with a BPR loss on the denoising errors of a positive and a negative."""
 
     Settings = PreferDiffSettings
+    #: the in-batch negatives compare every pair of examples; a target at every position would square that
+    supports_sequence_examples = False
     #: the reconstruction errors the preference term compares (per example, against any target vector)
     errors = ("mse", "cosine")
 
@@ -65,7 +67,7 @@ class PreferDiff(DreamRec):
 
     def negatives(self, batch: Batch) -> torch.Tensor:
         """The centroid of the other targets in the batch (other items only): (B, d)."""
-        e = self.target_x0(batch)  # (B, d)
+        e = self.target_x0(batch.target)  # (B, d)
         other = (batch.target[None, :] != batch.target[:, None]).to(e.dtype)  # (B, B)
         count = other.sum(1, keepdim=True)
         centroid = other @ e / count.clamp(min=1)
@@ -73,7 +75,7 @@ class PreferDiff(DreamRec):
 
     def calculate_loss(self, batch: Batch) -> torch.Tensor:
         c = self.condition(batch)
-        x0_pos, x0_neg = self.target_x0(batch), self.negatives(batch)  # (B, d) each
+        x0_pos, x0_neg = self.target_x0(batch.target), self.negatives(batch)  # (B, d) each
         t, weights = self.timestep_sampler.sample(x0_pos.shape[0], x0_pos.device)
         x_pos = self.diffusion.add_noise(x0_pos, torch.randn_like(x0_pos), t)
         x_neg = self.diffusion.add_noise(x0_neg, torch.randn_like(x0_neg), t)
