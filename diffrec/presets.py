@@ -131,6 +131,11 @@ PRESETS: dict[str, Preset] = {
         (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),
         "variant: dreamrec trained with DiffuRec's full-catalogue cross-entropy on x0_hat instead of its MSE",
     ),
+    "dreamrec-ce-tuned": Preset(
+        "dreamrec",
+        (("loss", "ce"), ("hidden_size", 64), ("num_blocks", 2), ("num_heads", 1), ("dropout", 0.5), ("emb_dropout", 0.5), ("emb_init_std", 0.05)),
+        "variant: dreamrec-ce with BSARec's tuned encoder settings (d = 64, 2 blocks, 1 head, dropout 0.5) and item embeddings drawn N(0, 0.05^2)",
+    ),
     "dreamrec-cosine": Preset(
         "dreamrec",
         (("loss", "cosine"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 1), ("dropout", 0.1), ("emb_dropout", 0.1)),

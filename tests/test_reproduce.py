@@ -121,6 +121,8 @@ def test_presets_and_errors():
     for name, loss in (("dreamrec", "mse"), ("dreamrec-ce", "ce"), ("dreamrec-cosine", "cosine")):  # only the objective moves
         dream = preset_config(name, "beauty", "dreamrec", 1, "x").model
         assert (dream.loss, dream.hidden_size, dream.num_blocks, dream.p_uncond, dream.diffusion_steps) == (loss, 64, 1, 0.1, 200)
+    tuned = preset_config("dreamrec-ce-tuned", "beauty", "sequence", 1, "x")  # BSARec's encoder settings, a target at every position
+    assert (tuned.model.loss, tuned.model.num_blocks, tuned.model.dropout, tuned.model.emb_dropout, tuned.model.emb_init_std, tuned.train.examples) == ("ce", 2, 0.5, 0.5, 0.05, "sequence")
     fastpath = preset_config("diffurec-fastpath", "beauty", "fast", 1, "x").model
     assert (fastpath.dropout_rng, fastpath.approximator, fastpath.dropout, fastpath.emb_dropout) == (
         "counter", {"name": "transformer", "last_block_output_only": True}, 0.1, 0.3
