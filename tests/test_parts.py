@@ -47,7 +47,8 @@ def test_approximator_shape_gradient_and_trimming(name, mask):
     z = torch.randn(B, 8, D, requires_grad=True)
     out = approx(z, full.mask, full.pad_extra)
     assert out.shape == (B, D)
-    out.sum().backward()
+    weights = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    (out * weights).sum().backward()  # not out.sum(): a post-LayerNorm output sums to a constant
     assert z.grad is not None and torch.isfinite(z.grad).all()
     assert z.grad[:, -1].abs().sum() > 0
     # trimming padding (keeping one padding column) must not change the function when all
@@ -61,6 +62,18 @@ def test_approximator_shape_gradient_and_trimming(name, mask):
     width = 6
     trimmed = approx(zp[short, -width:], full.mask[short, -width:], torch.full((3,), 8 - width))
     assert torch.allclose(trimmed, ref[short], atol=1e-5), (lengths, (trimmed - ref[short]).abs().max())
+
+
+@pytest.mark.parametrize("name", PARTS["approximator"])
+@pytest.mark.parametrize("mask", ["official", "key_padding"])
+def test_diffurec_trims_padding_only_where_its_approximator_stays_exact(name, mask):
+    """Position embeddings make padding positions differ: an approximator that sees padding
+    (the official mask, or one that reads it whatever the mask) then gets full windows."""
+    config = small_config(attention_mask=mask, position_embedding=True, approximator=name)
+    model = build_model(RunConfig(model=config), N)
+    reads = mask == "official" or registry("approximator").get(name).reads_padding
+    assert model.trims_padding_exactly is (not reads)
+    assert build_model(RunConfig(model=small_config(attention_mask=mask, approximator=name)), N).trims_padding_exactly
 
 
 @pytest.mark.parametrize("mask", ["official", "key_padding", "causal"])

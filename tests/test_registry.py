@@ -6,7 +6,7 @@ from diffrec.registry import KINDS, Registry, UnknownPartError, list_parts, load
 
 EXPECTED = {
     "schedule": {"linear", "cosine", "sqrt", "trunc_lin", "trunc_cos", "pw_lin"},
-    "approximator": {"transformer", "gru", "mlp"},
+    "approximator": {"transformer", "gru", "mlp", "bsarec"},
     "loss": {"ce", "ce_fused", "mse", "bce", "bpr"},
     "rounding": {"inner_product", "l2", "cosine"},
     "timestep_sampler": {"uniform", "loss_aware"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -22,6 +24,10 @@ class Approximator(nn.Module):
 
     Returns (B, d). Subclasses are built from a :class:`ModelConfig`.
     """
+
+    #: whether the output depends on what the padding positions hold whatever the attention mask
+    #: (trimming stays exact only while every padding position holds the same vector)
+    reads_padding: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
