@@ -56,7 +56,7 @@ def figures(summary: dict[str, Any], axes: list[tuple[str, list[str]]], out: pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffrec.plots import _save
+    from diffrec.plots import _save, readable_span
 
     done = {n: e for n, e in summary["cells"].items() if e["status"] == "ok"}
     if not done:
@@ -82,12 +82,16 @@ def figures(summary: dict[str, Any], axes: list[tuple[str, list[str]]], out: pat
         others = [a for j, a in enumerate(axes) if j != i]
         fig, plots = plt.subplots(1, len(SHOWN), figsize=(5 * len(SHOWN), 3.8))
         for ax, metric in zip(plots, SHOWN):
+            drawn: list[float] = []
             for combo in _combos(others):
                 label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "all"
                 points = [(x, _entry(done, axes, {**combo, key: v})) for x, v in zip(xs, values)]
                 points = [(x, e["test"][metric]) for x, e in points if e is not None]
                 if points:
                     ax.errorbar([x for x, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] or 0.0 for _, s in points], marker="o", capsize=3, label=label)
+                    drawn += [s["mean"] + sign * (s["std"] or 0.0) for _, s in points for sign in (-1, 1)]
+            if drawn:
+                readable_span(ax, drawn)  # a flat curve stays flat on the page
             if min(xs) > 0 and max(xs) / min(xs) >= 10:
                 ax.set_xscale("log")
             ax.set_xlabel(key)

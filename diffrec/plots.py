@@ -158,7 +158,7 @@ def summary_figure(summary: dict, metrics: tuple[str, ...] = ("HR@10", "NDCG@10"
     return fig
 
 
-def _readable_span(ax, values: list[float]) -> None:
+def readable_span(ax, values: list[float]) -> None:
     """Show a metric over at least max(0.5 points, 10 % of its largest value), so that differences in
     the third decimal do not fill the axis and look like effects."""
     top, bottom = max(values), min(values)
@@ -196,7 +196,7 @@ def plot_sweeps(sweeps: list[dict], out: pathlib.Path, metrics: tuple[str, ...] 
         if numeric and lo > 0 and hi / lo >= 10:
             ax.set_xscale("log", base=2)
         if name != "seconds":
-            _readable_span(ax, [p["metrics"][name] for s in sweeps for p in s["points"]])
+            readable_span(ax, [p["metrics"][name] for s in sweeps for p in s["points"]])
         ax.set_xlabel(next(iter(keys)))
         ax.set_ylabel(f"{name} (%)" if name != "seconds" else f"evaluation seconds ({sweeps[0].get('split', 'test')}, {sweeps[0].get('users', '?'):,} users)")
         ax.grid(alpha=0.3)

@@ -109,6 +109,30 @@ def test_an_out_or_runs_path_that_is_a_file_is_refused(tmp_path):
     assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
+def test_a_flat_line_plot_is_drawn_on_a_readable_scale(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from diffrec.ablation_report import figures
+
+    limits = {}
+    real = matplotlib.figure.Figure.savefig
+    def spy(fig, path, *args, **kwargs):
+        limits[pathlib.Path(path).name] = [ax.get_ylim() for ax in fig.axes]
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    cells = {
+        f"steps={s}": {"status": "ok", "assignments": {"steps": str(s)}, "runs": [{"test": {"HR@10": 8.16 + 0.01 * (s % 3), "NDCG@10": 4.55}}],
+                       "test": {"HR@10": {"mean": 8.16 + 0.01 * (s % 3), "std": None}, "NDCG@10": {"mean": 4.55, "std": None}}}
+        for s in (1, 2, 4, 8)
+    }  # fmt: skip
+    figures({"cells": cells}, [("steps", ["1", "2", "4", "8"])], tmp_path)
+    line = next(v for k, v in limits.items() if "ablation_steps.png" in k)  # the temporary file beside it
+    (hr_low, hr_high), (nd_low, nd_high) = line
+    assert hr_high - hr_low >= 0.8 and hr_low <= 8.16 and hr_high >= 8.18  # 10 % of the value, not the second decimal
+    assert nd_high - nd_low >= 0.5 and nd_low <= 4.55 <= nd_high
+
+
 def test_an_invalid_combination_is_refused_and_the_others_go_on(tmp_path):
     out = tmp_path / "refused"
     proc = diffrec("ablate", "--out", out, "--grid", "model=diffurec,preferdiff", "--grid", "loss=mse,ce", "--seeds", "1", *TINY)
