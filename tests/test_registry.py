@@ -105,3 +105,32 @@ def test_library_imports_without_the_toml_writer():
     code = "import sys; sys.modules['tomli_w'] = None; import diffrec, diffrec.kernels, diffrec.trainer, diffrec.reproduce"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+
+def test_a_new_module_in_a_builtin_package_registers_without_an_import(tmp_path, monkeypatch):
+    """A new built-in part is one file: load_builtin_parts imports every module of its package."""
+    import sys
+
+    reg = sys.modules["diffrec.registry"]  # the module (the package re-exports its registry() function under the same name)
+
+    package = tmp_path / "probe_parts"
+    package.mkdir()
+    (package / "__init__.py").write_text("")  # lists nothing
+    (package / "probe.py").write_text(
+        "from diffrec.approximators.base import Approximator\nfrom diffrec.registry import register\n\n"
+        "@register('approximator', 'probe_only_in_its_file')\nclass Probe(Approximator):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(reg, "_BUILTIN_MODULES", (*reg._BUILTIN_MODULES, "probe_parts"))
+    monkeypatch.setattr(reg, "_walked", False)
+    entries = registry("approximator")._entries
+    monkeypatch.setattr(registry("approximator"), "_entries", dict(entries))  # the probe leaves with the test
+    monkeypatch.setattr(registry("approximator"), "_docs", dict(registry("approximator")._docs))
+    try:
+        reg.load_builtin_parts()
+        assert "probe_only_in_its_file" in registry("approximator").names()
+    finally:
+        sys.modules.pop("probe_parts.probe", None)
+        sys.modules.pop("probe_parts", None)
+    assert "probe_only_in_its_file" not in entries
