@@ -146,6 +146,11 @@ PRESETS: dict[str, Preset] = {
         (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.4, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 8.0}})),
         "PreferDiff with its authors' Beauty settings on ID embeddings: d = 64, 1 block, 2 heads, lambda 0.4, gamma 5, w = 8, linear T = 2000, DDIM 21 steps",
     ),
+    "preferdiff-cosine": Preset(
+        "preferdiff",
+        (("loss", "cosine"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.4, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 8.0}})),
+        "PreferDiff as its README runs it on ID embeddings (the cosine error, lambda 0.4, w = 8), at d = 64 instead of its 3,072; otherwise as preferdiff",
+    ),
     "preferdiff-toys": Preset(
         "preferdiff",
         (("loss", "mse"), ("hidden_size", 64), ("num_blocks", 1), ("num_heads", 2), ("dropout", 0.1), ("emb_dropout", 0.1), ("options", {"lamda": 0.6, "reverse_sampler": {"name": "ddim", "steps": 21, "guidance": 6.0}})),

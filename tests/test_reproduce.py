@@ -121,6 +121,9 @@ def test_presets_and_errors():
     for name, loss in (("dreamrec", "mse"), ("dreamrec-ce", "ce"), ("dreamrec-cosine", "cosine")):  # only the objective moves
         dream = preset_config(name, "beauty", "dreamrec", 1, "x").model
         assert (dream.loss, dream.hidden_size, dream.num_blocks, dream.p_uncond, dream.diffusion_steps) == (loss, 64, 1, 0.1, 200)
+    cos = preset_config("preferdiff-cosine", "beauty", "preferdiff", 1, "x").to_dict()["model"]  # the README's error, else preferdiff
+    base = preset_config("preferdiff", "beauty", "preferdiff", 1, "x").to_dict()["model"]
+    assert cos["loss"] == "cosine" and base["loss"] == "mse" and {**cos, "loss": "mse"} == base
     tuned = preset_config("dreamrec-ce-tuned", "beauty", "sequence", 1, "x")  # BSARec's encoder settings, a target at every position
     assert (tuned.model.loss, tuned.model.num_blocks, tuned.model.dropout, tuned.model.emb_dropout, tuned.model.emb_init_std, tuned.train.examples) == ("ce", 2, 0.5, 0.5, 0.05, "sequence")
     fastpath = preset_config("diffurec-fastpath", "beauty", "fast", 1, "x").model
