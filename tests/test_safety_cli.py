@@ -386,7 +386,9 @@ def test_output_into_a_closed_pipe_and_an_interrupt_print_no_traceback(tmp_path)
     os.close(writer)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     args = [*CMD, "train", "--out", str(tmp_path / "run"), *SMALL_DATA, *TINY, "--epochs", "400", "--eval-every", "50"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env())
+    # as from a terminal: a runner started in the background passes SIGINT on ignored, and Python keeps ignoring it
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(), preexec_fn=restore)
     deadline = time.time() + 120
     while not (tmp_path / "run" / ckpt.LAST).is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
