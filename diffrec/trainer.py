@@ -17,12 +17,9 @@ checksums included, before it writes anything.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pathlib
-import signal
-import threading
 import shutil
 import time
 from collections.abc import Callable
@@ -64,32 +61,6 @@ class TrainState:
 
 
 EpochCallback = Callable[[dict[str, Any]], None]
-
-#: SIGINTs received while a run trains (see :func:`_interruptible`)
-_sigints = 0
-
-
-def _count_sigint(signum: int, frame: Any) -> None:
-    global _sigints
-    _sigints += 1
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _interruptible() -> Any:
-    """SIGINT raises KeyboardInterrupt as usual and is also counted, so that the training loop
-    raises it again at its next step if Python swallowed it (one raised inside a finalizer is only
-    printed). Only where Python's own handler is installed, in the main thread."""
-    global _sigints
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    _sigints = 0
-    signal.signal(signal.SIGINT, _count_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Trainer:
@@ -239,8 +210,6 @@ class Trainer:
         desc = f"epoch {epoch + 1}/{t.epochs}"
         params = list(self.model.parameters())
         for batch in progress_bar(batches, total=self.examples.num_batches(t.batch_size), description=desc, enabled=self.show_progress and self.world.main):
-            if _sigints:
-                raise KeyboardInterrupt  # an interrupt that something swallowed
             full = batch.num_targets  # examples/s counts (history, next item) pairs, whatever the example type
             if self.world.distributed:
                 batch = shard(batch, self.world)  # this process's rows of the global batch
@@ -282,10 +251,6 @@ class Trainer:
         Under torchrun rank 0 prepares the run directory (and alone writes to it); the other
         processes learn from it where the run trains, restore its checkpoint and train alongside.
         """
-        with _interruptible():
-            return self._fit_any(resume, force)
-
-    def _fit_any(self, resume: bool, force: bool) -> dict[str, Any]:
         if not self.world.distributed:
             return self._fit_main(resume, force)
         if self.world.main:
