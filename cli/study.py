@@ -41,7 +41,6 @@ def ablate(
     from diffrec.files import atomic_write
 
     axes = ab.parse_grid(list(grid))
-    ab.check_out(out, runs)
     if jobs < 1:
         raise DiffrecError("--jobs must be >= 1")
     seed_list = sorted(set(seed)) if seed else [1997 + i for i in range(seeds)]

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from diffrec import checkpoint as ckpt
+from diffrec.building import build_model, seed_everything, select_device, sequence_example_models
 from diffrec.config import RunConfig, TrainConfig
 from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
 from diffrec.distributed import all_sum, average_gradients, barrier, broadcast_object, gather_objects, shard, world_from_env
 from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
-from diffrec.building import build_model, seed_everything, select_device, sequence_example_models
 from diffrec.evaluation import evaluate
 from diffrec.files import make_dirs, remove_created, temp_sibling
 from diffrec.params import part_name

@@ -25,8 +25,8 @@ class Approximator(nn.Module):
     Returns (B, d). Subclasses are built from a :class:`ModelConfig`.
     """
 
-    #: whether the output depends on what the padding positions hold whatever the attention mask
-    #: (trimming stays exact only while every padding position holds the same vector)
+    #: whether the output depends on the padding positions whatever the attention mask (a DFT over
+    #: the window does): such an approximator is always given the full max_len window
     reads_padding: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:

@@ -10,12 +10,9 @@ with A_IB the low-pass filter of ``c // 2 + 1`` DFT bins plus beta^2 times the r
 BSARec's embedding layer, learned absolute positions over the ``max_len`` window are added to
 the input and normalised before the first layer; the output is the last position's state.
 
-The rescaler's DFT runs along the whole window, padding included. Every padding position of
-DiffuRec's noised history carries the same vector at inference (the padding embedding plus the
-injected noise), and a trimmed batch keeps at least one padding column, so the approximator
-rebuilds the full window by repeating that column: a trimmed batch computes the function of
-the full window. With DiffuRec's own position embedding the padding positions differ, so the
-model then pads every batch to the full window (``reads_padding``).
+The rescaler's DFT runs along the whole window, padding included, and DiffuRec's padding
+positions differ (each draws its own λ), so no narrower window computes the same function: the
+approximator ``reads_padding``, and DiffuRec pads every batch to the full window for it.
 """
 
 from __future__ import annotations
@@ -59,16 +56,8 @@ class BSARecApproximator(Approximator):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(BSARecBlock(d, config.num_heads, c, alpha, config.dropout, attn_dropout) for _ in range(config.num_blocks))
 
-    def full_window(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A trimmed batch back at max_len: its first (padding) column repeated on the left, (B, max_len, d)."""
-        missing = self.config.max_len - z.shape[1]
-        if missing <= 0:
-            return z, mask
-        return torch.cat([z[:, :1].expand(-1, missing, -1), z], dim=1), torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1)
-
     def forward(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
-        z, mask = self.full_window(z, mask)  # (B, L, d), (B, L) with L = max_len
-        x = self.drop(self.norm(z + self.pos_emb.weight[None, -z.shape[1] :]))  # (B, L, d)
+        x = self.drop(self.norm(z + self.pos_emb.weight[None, -z.shape[1] :]))  # (B, L, d), positions of the window's right end
         bias = attention_bias(mask).to(x.dtype)  # (B, 1, L, L): real keys at or before the query
         for block in self.blocks:
             x = block(x, bias)

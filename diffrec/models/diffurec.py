@@ -91,11 +91,11 @@ class DiffuRec(DiffusionRecommender):
 
     @property
     def trims_padding_exactly(self) -> bool:
-        # the official mask (or an approximator that reads the padding, e.g. through a DFT) lets real
-        # positions see padding; those are interchangeable (so trimming is exact) only while no
-        # position embedding tells them apart
-        reads_padding = self.settings.attention_mask == "official" or getattr(self.approximator, "reads_padding", False)
-        return not (reads_padding and self.settings.position_embedding)
+        if getattr(self.approximator, "reads_padding", False):  # e.g. a DFT over the whole window
+            return False
+        # the official mask lets real positions attend to padding keys; those are interchangeable
+        # (so trimming is exact) only while no position embedding tells them apart
+        return not (self.settings.attention_mask == "official" and self.settings.position_embedding)
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, d)

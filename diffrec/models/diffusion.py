@@ -21,8 +21,8 @@ is checkpointed through ``nn.Module``'s extra-state hooks; and the RecBole-style
   receive x_0 estimates;
 - ``item_table()``: the (N + 1, d) item embeddings that give x_0 and score the rounding.
 
-``target_x0`` and ``training_losses`` may be overridden (a model with its own objective,
-PreferDiff's, does the latter). A model whose condition is causal can also train on sequence
+``target_x0``, ``training_losses`` or ``calculate_loss`` itself may be overridden (a model with
+its own objective, PreferDiff's, does the last). A model whose condition is causal can also train on sequence
 examples (a target at every position, as SASRec and BSARec train): it sets
 ``supports_sequence_examples`` and overrides ``training_pairs`` to give one condition per real
 position with the item that follows it.
