@@ -6,9 +6,11 @@ with a list of values; the cells are the cross product. Axes that only change in
 cells that differ only in them share one trained run per seed, whose best weights are
 re-evaluated for each (cached). Every training is one run directory under
 ``RUNS/<cell>/seed<N>`` (``RUNS`` is ``OUT/runs`` unless given, so that ablations over the
-same trainings, a steps grid beside a rounding grid, can share them) and goes through :func:`diffrec.runner.run_one`, so finished runs
-are reused, unfinished ones resumed, and two processes can share a grid (a run another
-process holds is skipped and reported). A cell whose combination is invalid is refused with
+same trainings, a steps grid beside a rounding grid, can share them) and goes through
+:func:`diffrec.runner.run_one`, so finished runs are reused, unfinished ones resumed, and two
+processes can share a grid (a run another process holds is skipped and reported). A training
+that ``RUNS`` already holds under another cell's name (a schedules grid whose ``trunc_lin`` cell
+is a rounding grid's reference) is found by its config and data and reused there. A cell whose combination is invalid is refused with
 its reason while the others go on.
 
 ``OUT`` must be new, empty or an ablation folder that diffrec wrote (:func:`check_out`): a
@@ -245,10 +247,11 @@ def ablate(
             config = copy.deepcopy(cell.train_config)
             config.train.seed = seed  # type: ignore[union-attr]
             trainings.setdefault((slug(cell.train), seed), config)
-    results, busy, failed = _run_trainings(trainings, runs, data, jobs, show_progress, log)
+    dirs = run_directories(trainings, runs, data, log)
+    results, busy, failed = _run_trainings([(dirs[key], config, f"{key[0]} seed {key[1]}") for key, config in trainings.items()], data, jobs, show_progress, log)
     for cell in valid:
         for seed in seeds:
-            run_dir = runs / slug(cell.train) / f"seed{seed}"
+            run_dir = dirs[(slug(cell.train), seed)]
             final = results.get(str(run_dir))
             if str(run_dir) in failed:
                 cell.refused = f"seed {seed}: {failed[str(run_dir)]}"
@@ -268,15 +271,50 @@ def ablate(
     return summary
 
 
+def run_directories(trainings: dict[tuple[str, int], RunConfig], runs: pathlib.Path, data: Any, log: Callable[[str], None]) -> dict[tuple[str, int], pathlib.Path]:
+    """Each training's run directory: ``RUNS/<cell>/seed<N>`` where that exists or ``RUNS`` holds the
+    training nowhere else; otherwise the directory under ``RUNS`` that already holds the same training
+    (the same config up to where and how fast it runs, on data with the same fingerprint)."""
+    held: dict[str, pathlib.Path] = {}
+    fingerprint = ckpt.data_fingerprint(data)
+    for config_file in sorted(runs.glob(f"*/seed*/{ckpt.CONFIG}")) if runs.is_dir() else []:
+        run = ckpt.RunDir(config_file.parent)
+        try:
+            if run.dataset().get("fingerprint") == fingerprint:
+                held.setdefault(training_key(run.valid_config()), run.path)
+        except DiffrecError:  # a damaged run is nobody's match; training in its own folder reports it
+            continue
+    dirs = {}
+    for (name, seed), config in trainings.items():
+        own = runs / name / f"seed{seed}"
+        found = held.get(training_key(config))
+        if own.exists() or found is None or found == own:
+            dirs[(name, seed)] = own
+        else:
+            log(f"{name} seed {seed}: the same training is {found}")
+            dirs[(name, seed)] = found
+    return dirs
+
+
+def training_key(config: RunConfig) -> str:
+    """What decides a training's result: the config without its device, threads, kernel backend
+    (equal up to float rounding) and data path (the data is compared by fingerprint)."""
+    raw = config.to_dict()
+    raw["model"].pop("kernel_backend", None)
+    for key in ("device", "num_threads"):
+        raw["train"].pop(key, None)
+    raw["data"].pop("path", None)
+    return json.dumps(raw, sort_keys=True)
+
+
 def _run_trainings(
-    trainings: dict[tuple[str, int], RunConfig], runs: pathlib.Path, data: Any, jobs: int, show_progress: bool, log: Callable[[str], None]
+    items: list[tuple[pathlib.Path, RunConfig, str]], data: Any, jobs: int, show_progress: bool, log: Callable[[str], None]
 ) -> tuple[dict[str, dict[str, Any]], list[str], dict[str, str]]:
     """Train every distinct run (``jobs`` at a time in worker processes). Runs held by another process
     are skipped (``busy``); a run that fails (diverges, refuses its data) is reported with its reason."""
     results: dict[str, dict[str, Any]] = {}
     busy: list[str] = []
     failed: dict[str, str] = {}
-    items = [(runs / name / f"seed{seed}", config, f"{name} seed {seed}") for (name, seed), config in trainings.items()]
     if jobs <= 1:
         for run_dir, config, label in items:
             try:

@@ -74,6 +74,42 @@ def test_another_ablation_shares_the_trainings_through_runs(grid, tmp_path):
     assert {r["run_dir"] for c in summary["cells"].values() for r in c["runs"]} == {str(out / "runs" / "delta=0.001" / f"seed{s}") for s in (1997, 1998)}
 
 
+def test_a_grid_finds_a_training_that_runs_holds_under_another_cells_name(grid, tmp_path):
+    out, _, _ = grid
+    shared = tmp_path / "runs"
+    shutil.copytree(out / "runs", shared)
+    schedules = tmp_path / "schedules"
+    proc = diffrec("ablate", "--out", schedules, "--runs", shared, "--grid", "schedule=trunc_lin,cosine", "--seeds", "2", "--recipe", "fast", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("the same training is") == 2 and proc.stdout.count("training in") == 2, proc.stdout
+    cells = json.loads((schedules / "ablation.json").read_text())["cells"]
+    assert [r["run_dir"] for r in cells["schedule=trunc_lin"]["runs"]] == [str(shared / "delta=0.001" / f"seed{s}") for s in (1997, 1998)]
+    assert [r["run_dir"] for r in cells["schedule=cosine"]["runs"]] == [str(shared / "schedule=cosine" / f"seed{s}") for s in (1997, 1998)]
+    grid_cell = json.loads((out / "ablation.json").read_text())["cells"]["delta=0.001, reverse_sampler=ddpm"]
+    assert cells["schedule=trunc_lin"]["test"] == grid_cell["test"]
+
+
+def test_a_training_on_other_data_or_with_other_settings_is_not_taken_for_the_same(grid, tmp_path):
+    from diffrec import ablate, checkpoint
+    from diffrec.data.source import open_dataset
+
+    out, _, _ = grid
+    shared = tmp_path / "runs"
+    shutil.copytree(out / "runs" / "delta=0.001" / "seed1997", shared / "renamed" / "seed1997")
+    config = checkpoint.RunDir(shared / "renamed" / "seed1997").valid_config()
+    data = open_dataset(config.data)
+    wanted = {("schedule=trunc_lin", 1997): config}
+    assert ablate.run_directories(wanted, shared, data, print)[("schedule=trunc_lin", 1997)] == shared / "renamed" / "seed1997"
+    config.train.num_threads, config.train.device = 2, "cpu"  # how fast or where it runs is the same training
+    assert ablate.run_directories(wanted, shared, data, print)[("schedule=trunc_lin", 1997)] == shared / "renamed" / "seed1997"
+    other = checkpoint.RunDir(shared / "renamed" / "seed1997").valid_config()
+    other.train.lr *= 2
+    assert ablate.run_directories({("lr", 1997): other}, shared, data, print)[("lr", 1997)] == shared / "lr" / "seed1997"
+    record = json.loads((shared / "renamed" / "seed1997" / "dataset.json").read_text())
+    (shared / "renamed" / "seed1997" / "dataset.json").write_text(json.dumps({**record, "fingerprint": "0" * 16}))
+    assert ablate.run_directories(wanted, shared, data, print)[("schedule=trunc_lin", 1997)] == shared / "schedule=trunc_lin" / "seed1997"
+
+
 @pytest.mark.parametrize(
     "name, content",
     [("notes.txt", b"mine"), ("ablation.md", b"| my own table |\n"), ("ablation.json", b'{"kind": "my results"}'), ("ablation_HR10.png", b"\x89PNG\r\n\x1a\nmine")],
