@@ -33,6 +33,9 @@ def reproduce(
     list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
     table_only: bool = typer.Option(False, "--table-only", help="Print the table of OUT/<dataset>.json and exit (trains nothing)."),
     reference: Optional[str] = typer.Option(None, help="Table entry the printed t-tests compare against, e.g. diffurec@fast (default: DiffuRec of each entry's recipe)."),
+    reference_summary: Optional[pathlib.Path] = typer.Option(
+        None, help="The summary that holds --reference, when it is not OUT/<dataset>.json (e.g. fp32 runs for a table of bf16 runs kept in another --out); its entry is printed first."
+    ),
 ) -> None:
     """Train every model preset over seeds on a shipped dataset and tabulate against the paper."""
     from diffrec import reproduce as rep
@@ -41,13 +44,14 @@ def reproduce(
         for name, preset in rep.PRESETS.items():
             console.print(f"{name:18s} {preset.description}", highlight=False)
         return
+    if reference_summary is not None and reference is None:
+        raise DiffrecError("--reference-summary needs --reference, the entry of it to compare against")
+    external = _reference_entry(reference_summary, reference) if reference_summary is not None else None
     if table_only:
         path = out / f"{dataset}.json"
-        if not path.is_file():
-            raise DiffrecError(f"{path} not found (run the reproduction first)")
+        summary = _read_summary(path)
         try:
-            summary = json.loads(path.read_text())
-            table = rep.markdown_table(summary, reference)
+            table = rep.markdown_table(*_with_reference(summary, reference, reference_summary, external))
         except (ValueError, KeyError, TypeError) as err:
             raise DiffrecError(f"{path} is not a reproduction summary ({err})") from None
         print(table)
@@ -64,7 +68,7 @@ def reproduce(
     load_builtin_parts()
     for name in names:
         registry("model").get(rep.PRESETS[name].model)
-    if reference is not None:  # checked before training, not after
+    if reference is not None and external is None:  # checked before training, not after
         earlier = out / f"{dataset}.json"
         known = {rep.entry_key(name, recipe) for name in names}
         if earlier.is_file():
@@ -100,8 +104,36 @@ def reproduce(
         show_progress=not quiet and console.is_terminal,
         log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
-    print(rep.markdown_table(summary, reference))
+    print(rep.markdown_table(*_with_reference(summary, reference, reference_summary, external)))
     console.print(f"summary written to {out / (dataset + '.json')}", highlight=False)
+
+
+def _read_summary(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        raise DiffrecError(f"{path} not found (run the reproduction first)")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DiffrecError(f"{path} is not a reproduction summary ({err})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("models"), dict):
+        raise DiffrecError(f"{path} is not a reproduction summary (it has no models)")
+    return summary
+
+
+def _reference_entry(path: pathlib.Path, reference: str | None) -> dict:
+    """The entry ``reference`` of the summary at ``path`` (checked before anything trains)."""
+    models = _read_summary(path)["models"]
+    if reference not in models:
+        raise DiffrecError(f"--reference {reference!r} is not in {path}; valid choices: {', '.join(sorted(models))}")
+    return models[reference]
+
+
+def _with_reference(summary: dict, reference: str | None, path: pathlib.Path | None, external: dict | None) -> tuple[dict, str | None]:
+    """The summary and reference key to tabulate: an entry from another summary goes first, named with its file."""
+    if external is None:
+        return summary, reference
+    key = f"{reference} ({path})"
+    return {**summary, "models": {key: external, **summary["models"]}}, key
 
 
 @app.command()

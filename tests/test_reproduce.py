@@ -386,6 +386,35 @@ def test_table_tests_against_a_chosen_reference(tmp_path):
     assert bad.exit_code != 0 and "no entry 'nope'" in bad.output and "Traceback" not in bad.output
 
 
+def test_the_reference_can_come_from_another_summary(tmp_path):
+    """``--reference-summary``: runs kept in another ``--out`` (bf16 beside fp32) are tested against its entry, printed first."""
+    from scipy import stats
+    from typer.testing import CliRunner
+
+    from diffrec.cli.main import app
+
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "bf16").mkdir()
+    fp32 = tmp_path / "fp32" / "beauty.json"
+    fp32.write_text(json.dumps({"models": {"diffurec@fast": _entry("fast", {1: 8.0, 2: 8.2, 3: 8.1})}, "paper": {}}))
+    (tmp_path / "bf16" / "beauty.json").write_text(json.dumps({"models": {"diffurec-fastpath@fast": _entry("fast", {1: 8.1, 2: 8.15, 3: 8.4})}, "paper": {}}))
+    runner = CliRunner()
+    base = ["reproduce", "--dataset", "beauty", "--table-only", "--out", str(tmp_path / "bf16")]
+    ok = runner.invoke(app, [*base, "--reference", "diffurec@fast", "--reference-summary", str(fp32)])
+    assert ok.exit_code == 0, ok.output
+    rows = [line for line in ok.output.splitlines() if line.startswith("| diffurec")]
+    assert rows[0].startswith(f"| diffurec@fast ({fp32}) | 3 |") and rows[1].startswith("| diffurec-fastpath@fast | 3 |")
+    expected = stats.ttest_rel([8.0, 8.2, 8.1], [8.1, 8.15, 8.4]).pvalue
+    assert rows[1].split(" | ")[-3:-1] == [f"{expected:.3g}"] * 2
+    for extra, message in [
+        (["--reference", "nope", "--reference-summary", str(fp32)], "'nope' is not in"),
+        (["--reference-summary", str(fp32)], "needs --reference"),
+        (["--reference", "diffurec@fast", "--reference-summary", str(tmp_path / "missing.json")], "not found"),
+    ]:
+        bad = runner.invoke(app, [*base, *extra])
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output, bad.output
+
+
 def test_unknown_reference_is_refused_before_training(tmp_path):
     from typer.testing import CliRunner
 
