@@ -27,6 +27,10 @@ for ``k + 1`` results and recomputes, exactly, every query whose k-th and (k+1)-
 are equal. Other dtypes/devices use a chunked matmul with a running top-K (memory O(B·chunk)).
 faiss' speed collapses when other processes keep the cores busy (see benchmarks/RESULTS.md);
 ``diffrec.kernels.topk.USE_FAISS = False`` switches the float32 CPU path to the chunked matmul.
+On CPUs with bf16 matrix hardware, float32 queries are first screened in bf16 and only the
+candidates that an error bound cannot rule out are rescored in float32
+(:mod:`diffrec.kernels.topk_screen`; the result is the float32 top-K, ties as above;
+``SCREEN_BF16`` switches it).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ _OP = "inner_product_topk"
 _CHUNK_ELEMENTS = 1 << 22  # B·chunk scores per step of the chunked twin (16 MiB in float32)
 TRITON_MAX_K = 256
 USE_FAISS = True  # set False to make the float32 CPU twin use the chunked matmul instead of faiss
+#: the exact bf16 screen for float32 CPU top-K: None = where the CPU multiplies bf16 in hardware
+#: (for 16 or more queries), True = always, False = never
+SCREEN_BF16: bool | None = None
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -241,15 +248,35 @@ def faiss_topk(faiss, queries: torch.Tensor, items: torch.Tensor, k: int, exclus
     return canonical_order(top_v, top_i)
 
 
+def _screen(n_queries: int) -> bool:
+    from .topk_screen import MIN_QUERIES, hardware_bf16
+
+    if SCREEN_BF16 is None:
+        return n_queries >= MIN_QUERIES and hardware_bf16()
+    return bool(SCREEN_BF16)
+
+
 def torch_topk(
     queries: torch.Tensor, items: torch.Tensor, k: int, exclusion: Exclusion
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PyTorch twin (faiss for float32 CPU when available, chunked matmul otherwise)."""
+    """The PyTorch twin: for float32 on the CPU the bf16 screen where it pays (exact, see
+    :mod:`diffrec.kernels.topk_screen`) or faiss when available; the chunked matmul otherwise."""
     queries, items = queries.detach(), items.detach()
-    if USE_FAISS and queries.device.type == "cpu" and queries.dtype == torch.float32:
-        faiss = _faiss_module()
-        if faiss is not None:
-            return faiss_topk(faiss, queries.contiguous(), items.contiguous(), k, exclusion)
+    if queries.device.type == "cpu" and queries.dtype == torch.float32:
+        queries, items = queries.contiguous(), items.contiguous()
+        faiss = _faiss_module() if USE_FAISS else None
+
+        def exact(rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            sub, sub_exclusion = (queries, exclusion) if rows is None else (queries[rows], exclusion.rows(rows))
+            if faiss is not None:
+                return faiss_topk(faiss, sub, items, k, sub_exclusion)
+            return chunked_topk(sub, items, k, sub_exclusion)
+
+        if _screen(queries.shape[0]):
+            from .topk_screen import screened_topk
+
+            return screened_topk(queries, items, k, exclusion, exact)
+        return exact()
     return chunked_topk(queries, items, k, exclusion)
 
 

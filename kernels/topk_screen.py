@@ -1,0 +1,149 @@
+"""Exact float32 inner-product top-K through a bfloat16 screen (CPU).
+
+On CPUs that multiply bfloat16 matrices in hardware (AVX512-BF16, AMX) a bf16 product is several
+times faster than a float32 one. The screen multiplies in bf16, tile by tile, and keeps only the
+items whose bf16 score a rigorous error bound cannot rule out of the float32 top-K; those few are
+rescored in float32, so the result is the float32 top-K with the tie rule of
+:mod:`diffrec.kernels.topk`, never an approximation.
+
+The bound. Let ``s~`` be the bf16 score (both inputs rounded to bf16 with unit roundoff
+``u = 2^-8``, products exact in float32, summed in float32 in any order, the sum rounded to
+bf16) and ``r`` the float32 rescoring (a dot product summed in float32 in any order). With
+``g = d·2^-24 / (1 - d·2^-24)`` (Higham's gamma_d for float32):
+
+    |s~ - q·e| <= [(2u + u²) + g(1 + u)² + u(1 + u)²(1 + g)] · Σ|q_i e_i|
+    |r  - q·e| <= g · Σ|q_i e_i|,         Σ|q_i e_i| <= ||q||·||e||  (Cauchy-Schwarz)
+
+so ``|s~ - r| <= b = c_d·||q||·||e||`` plus a tiny absolute term for flushed subnormals; ``c_d``
+is inflated by 1 % for the rounding of the bound's own arithmetic (in float64). For a query, ``L`` (kept as
+tiles go by) is the largest k-th bf16 score of a tile less that tile's bound: the tile's k best
+then have ``r >= L``, so the k-th largest ``r`` over the catalogue is at least ``L``, and every
+item of the float32 top-K, ties included, has ``s~ + b >= L``. A tile keeps the items with
+``s~ >= L - c_d·||q||·max||e||`` (its largest bound), the final filter ``s~ + b >= L`` with the
+final ``L``, and only those are rescored.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+UNIT_BF16 = 2.0**-8
+UNIT_FP32 = 2.0**-24
+MAX_CANDIDATES = 8192  # a query with more candidates than this is ranked by the float32 path
+TILE = 1 << 16  # items per bf16 product
+MIN_QUERIES = 16  # below this the product is memory-bound and the float32 path is as fast
+_RESCORE_ELEMENTS = 1 << 24  # gathered candidate vectors per rescoring step (64 MiB of float32)
+
+_cache: dict[str, object] = {}
+
+
+def bound_factor(dim: int) -> float:
+    """``c_d`` of the module docstring: ``|s~ - r| <= c_d·||q||·||e||`` (plus :func:`absolute_slack`)."""
+    u = UNIT_BF16
+    g = dim * UNIT_FP32 / (1.0 - dim * UNIT_FP32)
+    screen = (2 * u + u * u) + g * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + g)
+    return 1.01 * (screen + g)
+
+
+def absolute_slack(dim: int) -> float:
+    """Covers subnormal inputs and partial sums flushed to zero (each below 2^-126 in size)."""
+    return 4.0 * dim * 2.0**-126
+
+
+def hardware_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16 dot products)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool((amx is not None and amx()) or (avx is not None and avx()))
+
+
+def _item_side(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bf16 copy and norms of the item table (the norms in float64, so that no square underflows),
+    cached for the last table seen (an evaluation ranks every batch against the same table)."""
+    key = (items.data_ptr(), items._version, tuple(items.shape), tuple(items.stride()))
+    ref = _cache.get("ref")
+    if ref is not None and ref() is items and _cache.get("key") == key:
+        return _cache["bf16"], _cache["norms"]  # type: ignore[return-value]
+    bf16, norms = items.to(torch.bfloat16), torch.linalg.vector_norm(items, dim=1, dtype=torch.float64)
+    _cache.clear()
+    _cache.update(ref=weakref.ref(items, _forget), key=key, bf16=bf16, norms=norms)
+    return bf16, norms
+
+
+def _forget(ref: weakref.ref) -> None:
+    """Drop the cached copy once its table is gone (not a later table's)."""
+    if _cache.get("ref") is ref:
+        _cache.clear()
+
+
+def _round_down_bf16(values: torch.Tensor) -> torch.Tensor:
+    """bf16 values at most ``values`` (float64): lowered by 2^-7 of their size (twice bf16's
+    rounding) first, so that rounding to nearest cannot move them above the original."""
+    return (values - values.abs() * 2.0**-7 - 2.0**-120).to(torch.bfloat16)
+
+
+def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion, exact, *, tile: int = TILE, max_candidates: int = MAX_CANDIDATES):
+    """The float32 top-K of ``queries`` (B, d) against ``items`` (N, d), both float32 on the CPU.
+
+    ``exclusion`` is a :class:`diffrec.kernels.topk.Exclusion`; ``exact(rows)`` computes the
+    float32 top-K of the given query rows another way (for rows with more than ``max_candidates``
+    candidates, and for inputs beyond bf16's range). Returns ``(scores, ids)`` in canonical order.
+    """
+    from .topk import canonical_order
+
+    n_queries, dim = queries.shape
+    n_items = items.shape[0]
+    items_bf16, item_norms = _item_side(items)
+    queries_bf16 = queries.to(torch.bfloat16)
+    if not (bool(torch.isfinite(items_bf16).all()) and bool(torch.isfinite(queries_bf16).all())):
+        return exact(torch.arange(n_queries))
+    factor, slack = bound_factor(dim), absolute_slack(dim)
+    query_norms = torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64)  # (B,); bounds are float64 throughout
+    lower = torch.full((n_queries,), float("-inf"), dtype=torch.float64)  # (B,) at most the k-th float32 score
+    found_rows, found_ids, found_scores = [], [], []
+    for start in range(0, n_items, tile):
+        stop = min(n_items, start + tile)
+        scores = queries_bf16 @ items_bf16[start:stop].T  # (B, c) bf16
+        exclusion.mask_chunk(scores, start)
+        reach = factor * query_norms * item_norms[start:stop].max() + slack  # (B,) |s~ - r| on this tile
+        if stop - start >= k:  # this tile's k best give k float32 scores of at least their s~ - reach
+            lower = torch.maximum(lower, torch.topk(scores, k, dim=1).values[:, -1].double() - reach)
+        rows, cols = (scores >= _round_down_bf16(lower - reach)[:, None]).nonzero(as_tuple=True)
+        found_rows.append(rows)
+        found_ids.append(cols + start)
+        found_scores.append(scores[rows, cols].double())
+    rows, ids, screen = torch.cat(found_rows), torch.cat(found_ids), torch.cat(found_scores)
+    bound = factor * query_norms[rows] * item_norms[ids] + slack
+    keep = torch.isfinite(screen) & (screen + bound >= lower[rows])
+    rows, ids = rows[keep], ids[keep]
+    order = torch.sort(rows, stable=True).indices  # by query; ids stay ascending within a query (tiles go in order)
+    rows, ids = rows[order], ids[order]
+
+    counts = torch.bincount(rows, minlength=n_queries)  # (B,) >= k each
+    out_v = torch.empty((n_queries, k), dtype=queries.dtype)
+    out_i = torch.empty((n_queries, k), dtype=torch.int64)
+    crowded = counts > max_candidates
+    settled = (~crowded).nonzero().squeeze(1)
+    if settled.numel():
+        width = int(counts[settled].max())
+        offsets = torch.cumsum(counts, 0) - counts  # (B,) first candidate of each row
+        slot = torch.arange(rows.numel()) - offsets[rows]  # position within its row
+        chosen = torch.zeros((n_queries, width), dtype=torch.int64)
+        valid = torch.zeros((n_queries, width), dtype=torch.bool)
+        inside = ~crowded[rows]
+        chosen[rows[inside], slot[inside]] = ids[inside]
+        valid[rows[inside], slot[inside]] = True
+        rows_per_step = max(1, _RESCORE_ELEMENTS // max(1, width * dim))
+        for lo in range(0, settled.numel(), rows_per_step):
+            step = settled[lo : lo + rows_per_step]
+            block_ids, block_valid = chosen[step], valid[step]
+            exact_scores = torch.bmm(items[block_ids], queries[step, :, None]).squeeze(2)  # (s, width) float32
+            exact_scores = exact_scores.masked_fill(~block_valid, float("-inf"))
+            top_v, top_i = canonical_order(exact_scores, block_ids)  # ties by lower id; padding last
+            out_v[step], out_i[step] = top_v[:, :k], top_i[:, :k]
+    if bool(crowded.any()):
+        step = crowded.nonzero().squeeze(1)
+        out_v[step], out_i[step] = exact(step)
+    return out_v, out_i
