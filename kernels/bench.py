@@ -17,8 +17,9 @@
   by this row's time (> 1 = faster than unfused PyTorch).
 
 Providers: ``diffrec`` (the op with ``backend=None``: Triton on CUDA, the PyTorch twin on
-CPU), ``diffrec-chunked`` (CPU top-K twin without faiss), ``torch`` (unfused PyTorch) and
-``faiss`` (CPU top-K: ``IndexFlatIP`` with BLAS forced).
+CPU), ``diffrec-screen`` and ``diffrec-noscreen`` (CPU top-K twin with the exact bf16 screen
+forced on or off), ``diffrec-chunked`` (CPU top-K twin without faiss), ``torch`` (unfused
+PyTorch) and ``faiss`` (CPU top-K: ``IndexFlatIP`` with BLAS forced).
 
 On CUDA the Triton kernels autotune on their first call for a shape family; that call is
 do_bench's untimed first call. ``target_summary`` turns the rows into one ``TARGET`` line per
@@ -87,7 +88,7 @@ def _cases(op: str, device: str, quick: bool) -> list[dict]:
 def _providers(op: str, device: str) -> list[str]:
     cpu = not device.startswith("cuda")
     if op == "inner_product_topk":
-        return ["diffrec", "diffrec-chunked", "faiss", "torch"] if cpu else ["diffrec", "torch"]
+        return ["diffrec", "diffrec-screen", "diffrec-noscreen", "diffrec-chunked", "faiss", "torch"] if cpu else ["diffrec", "torch"]
     return ["diffrec", "torch"]
 
 
@@ -133,6 +134,17 @@ def _forward_fn(op: str, provider: str, inp: dict, case: dict) -> Callable[[], o
         q, e, k = inp["q"], inp["e"], case["K"]
         if provider == "diffrec":
             return lambda: inner_product_topk(q, e, k)
+        if provider in ("diffrec-screen", "diffrec-noscreen"):
+            from . import topk
+
+            def screened(flag: bool = provider == "diffrec-screen"):
+                default, topk.SCREEN_BF16 = topk.SCREEN_BF16, flag
+                try:
+                    return inner_product_topk(q, e, k)
+                finally:
+                    topk.SCREEN_BF16 = default
+
+            return screened
         if provider == "diffrec-chunked":
             nothing = normalize_exclude(None, q.shape[0], e.shape[0], q.device)
             return lambda: chunked_topk(q, e, k, nothing)
@@ -296,16 +308,22 @@ def _floors(op: str, case: dict, mode: str) -> tuple[float, float]:
     }[mode]
 
 
-def _backend_label(op: str, provider: str, device: str) -> str:
+def _backend_label(op: str, provider: str, device: str, case: dict) -> str:
     if provider in ("torch", "faiss"):
         return provider
     if provider == "diffrec-chunked":
         return "torch twin (chunked)"
+    if provider == "diffrec-screen":
+        return "torch twin (bf16 screen)"
+    if provider == "diffrec-noscreen":
+        return "torch twin (faiss)"
     from .dispatch import resolve_backend
 
     chosen = resolve_backend(None, torch.device(device), _DTYPE, op=op)
     if chosen == "torch" and op == "inner_product_topk" and device == "cpu":
-        return "torch twin (faiss)"
+        from .topk import _screen
+
+        return "torch twin (bf16 screen)" if _screen(case["B"]) else "torch twin (faiss)"
     return chosen if chosen == "triton" else "torch twin"
 
 
@@ -324,7 +342,7 @@ def run_benchmarks(ops: list[str], device: str, quick: bool) -> list[dict]:
         for case in _cases(op, device, quick):
             for mode in _modes(op):
                 case_rows = [
-                    dict(op=op, provider=provider, backend=_backend_label(op, provider, device), mode=mode,
+                    dict(op=op, provider=provider, backend=_backend_label(op, provider, device, case), mode=mode,
                          **case, dtype=str(_DTYPE).removeprefix("torch."), device=device,
                          median_ms=None, peak_mib=None, mem_method=None, gbps=None, tflops=None,
                          speedup=None, note="")

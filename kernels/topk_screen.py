@@ -16,11 +16,12 @@ bf16) and ``r`` the float32 rescoring (a dot product summed in float32 in any or
 
 so ``|s~ - r| <= b = c_d·||q||·||e||`` plus a tiny absolute term for flushed subnormals; ``c_d``
 is inflated by 1 % for the rounding of the bound's own arithmetic (in float64). For a query, ``L`` (kept as
-tiles go by) is the largest k-th bf16 score of a tile less that tile's bound: the tile's k best
-then have ``r >= L``, so the k-th largest ``r`` over the catalogue is at least ``L``, and every
-item of the float32 top-K, ties included, has ``s~ + b >= L``. A tile keeps the items with
-``s~ >= L - c_d·||q||·max||e||`` (its largest bound), the final filter ``s~ + b >= L`` with the
-final ``L``, and only those are rescored.
+tiles go by) is the largest over tiles of the tile's k-th best group maximum (groups of 16 items)
+less the tile's largest bound: k items then have ``r >= L``, so the k-th largest ``r`` over the
+catalogue is at least ``L``, and every item of the float32 top-K, ties included, has
+``s~ + b >= L``. A tile keeps the items with ``s~ >= L - c_d·||q||·max||e||`` (its largest bound;
+a group whose maximum is below that holds none); at the end ``L`` is raised to the k-th largest
+``s~ - b`` of the kept items, the filter ``s~ + b >= L`` applied, and only those are rescored.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ UNIT_BF16 = 2.0**-8
 UNIT_FP32 = 2.0**-24
 MAX_CANDIDATES = 8192  # a query with more candidates than this is ranked by the float32 path
 TILE = 1 << 16  # items per bf16 product
+GROUP = 16  # items per group whose maximum screens them together
 MIN_QUERIES = 16  # below this the product is memory-bound and the float32 path is as fast
 _RESCORE_ELEMENTS = 1 << 24  # gathered candidate vectors per rescoring step (64 MiB of float32)
 
@@ -59,17 +61,18 @@ def hardware_bf16() -> bool:
     return bool((amx is not None and amx()) or (avx is not None and avx()))
 
 
-def _item_side(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bf16 copy and norms of the item table (the norms in float64, so that no square underflows),
-    cached for the last table seen (an evaluation ranks every batch against the same table)."""
+def _item_side(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """bf16 copy, norms (in float64, so that no square underflows) and whether the copy is finite
+    of the item table, cached for the last table seen (an evaluation ranks every batch against the same table)."""
     key = (items.data_ptr(), items._version, tuple(items.shape), tuple(items.stride()))
     ref = _cache.get("ref")
     if ref is not None and ref() is items and _cache.get("key") == key:
-        return _cache["bf16"], _cache["norms"]  # type: ignore[return-value]
+        return _cache["bf16"], _cache["norms"], _cache["finite"]  # type: ignore[return-value]
     bf16, norms = items.to(torch.bfloat16), torch.linalg.vector_norm(items, dim=1, dtype=torch.float64)
+    finite = bool(torch.isfinite(bf16).all())
     _cache.clear()
-    _cache.update(ref=weakref.ref(items, _forget), key=key, bf16=bf16, norms=norms)
-    return bf16, norms
+    _cache.update(ref=weakref.ref(items, _forget), key=key, bf16=bf16, norms=norms, finite=finite)
+    return bf16, norms, finite
 
 
 def _forget(ref: weakref.ref) -> None:
@@ -95,31 +98,45 @@ def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion,
 
     n_queries, dim = queries.shape
     n_items = items.shape[0]
-    items_bf16, item_norms = _item_side(items)
+    items_bf16, item_norms, items_finite = _item_side(items)
     queries_bf16 = queries.to(torch.bfloat16)
-    if not (bool(torch.isfinite(items_bf16).all()) and bool(torch.isfinite(queries_bf16).all())):
+    if not (items_finite and bool(torch.isfinite(queries_bf16).all())):
         return exact(torch.arange(n_queries))
     factor, slack = bound_factor(dim), absolute_slack(dim)
     query_norms = torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64)  # (B,); bounds are float64 throughout
     lower = torch.full((n_queries,), float("-inf"), dtype=torch.float64)  # (B,) at most the k-th float32 score
     found_rows, found_ids, found_scores = [], [], []
+    queries_t = queries_bf16.T  # (d, B)
     for start in range(0, n_items, tile):
         stop = min(n_items, start + tile)
-        scores = queries_bf16 @ items_bf16[start:stop].T  # (B, c) bf16
-        exclusion.mask_chunk(scores, start)
+        size = stop - start
+        groups = -(-size // GROUP)
+        # items x queries, so that the maxima over groups of GROUP items reduce along whole rows
+        scores = torch.empty((groups * GROUP, n_queries), dtype=torch.bfloat16)
+        torch.mm(items_bf16[start:stop], queries_t, out=scores[:size])  # (c, B) bf16
+        scores[size:] = float("-inf")
+        exclusion.mask_chunk(scores[:size].T, start)
+        group_max = scores.view(groups, GROUP, n_queries).amax(dim=1)  # (G, B)
         reach = factor * query_norms * item_norms[start:stop].max() + slack  # (B,) |s~ - r| on this tile
-        if stop - start >= k:  # this tile's k best give k float32 scores of at least their s~ - reach
-            lower = torch.maximum(lower, torch.topk(scores, k, dim=1).values[:, -1].double() - reach)
-        rows, cols = (scores >= _round_down_bf16(lower - reach)[:, None]).nonzero(as_tuple=True)
-        found_rows.append(rows)
-        found_ids.append(cols + start)
-        found_scores.append(scores[rows, cols].double())
+        if groups >= k:  # the k best groups hold k items scoring at least their k-th maximum, so k float32 scores >= it - reach
+            lower = torch.maximum(lower, torch.topk(group_max.T, k, dim=1).values[:, -1].double() - reach)
+        threshold = _round_down_bf16(lower - reach)  # (B,) an item below it cannot reach the top-K
+        group, query = (group_max >= threshold[None, :]).nonzero(as_tuple=True)  # (P,) groups that may hold one
+        members = group[:, None] * GROUP + torch.arange(GROUP)  # (P, GROUP) item offsets in the tile
+        values = scores[members, query[:, None]]  # (P, GROUP)
+        hit = values >= threshold[query, None]
+        found_rows.append(query[:, None].expand(-1, GROUP)[hit])
+        found_ids.append(members[hit] + start)
+        found_scores.append(values[hit].double())
     rows, ids, screen = torch.cat(found_rows), torch.cat(found_ids), torch.cat(found_scores)
+    finite = torch.isfinite(screen)
+    rows, ids, screen = rows[finite], ids[finite], screen[finite]
     bound = factor * query_norms[rows] * item_norms[ids] + slack
-    keep = torch.isfinite(screen) & (screen + bound >= lower[rows])
+    # a tighter lower bound from the candidates' own bounds: the k-th largest s~ - b of any k items
+    (low,), _ = _by_row(rows, n_queries, float("-inf"), screen - bound)
+    lower = torch.maximum(lower, torch.topk(low, k, dim=1).values[:, -1])
+    keep = screen + bound >= lower[rows]
     rows, ids = rows[keep], ids[keep]
-    order = torch.sort(rows, stable=True).indices  # by query; ids stay ascending within a query (tiles go in order)
-    rows, ids = rows[order], ids[order]
 
     counts = torch.bincount(rows, minlength=n_queries)  # (B,) >= k each
     out_v = torch.empty((n_queries, k), dtype=queries.dtype)
@@ -127,19 +144,13 @@ def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion,
     crowded = counts > max_candidates
     settled = (~crowded).nonzero().squeeze(1)
     if settled.numel():
-        width = int(counts[settled].max())
-        offsets = torch.cumsum(counts, 0) - counts  # (B,) first candidate of each row
-        slot = torch.arange(rows.numel()) - offsets[rows]  # position within its row
-        chosen = torch.zeros((n_queries, width), dtype=torch.int64)
-        valid = torch.zeros((n_queries, width), dtype=torch.bool)
         inside = ~crowded[rows]
-        chosen[rows[inside], slot[inside]] = ids[inside]
-        valid[rows[inside], slot[inside]] = True
-        rows_per_step = max(1, _RESCORE_ELEMENTS // max(1, width * dim))
+        (chosen,), valid = _by_row(rows[inside], n_queries, 0, ids[inside])  # (B, W) candidate ids per query
+        rows_per_step = max(1, _RESCORE_ELEMENTS // max(1, chosen.shape[1] * dim))
         for lo in range(0, settled.numel(), rows_per_step):
             step = settled[lo : lo + rows_per_step]
             block_ids, block_valid = chosen[step], valid[step]
-            exact_scores = torch.bmm(items[block_ids], queries[step, :, None]).squeeze(2)  # (s, width) float32
+            exact_scores = torch.bmm(items[block_ids], queries[step, :, None]).squeeze(2)  # (s, W) float32
             exact_scores = exact_scores.masked_fill(~block_valid, float("-inf"))
             top_v, top_i = canonical_order(exact_scores, block_ids)  # ties by lower id; padding last
             out_v[step], out_i[step] = top_v[:, :k], top_i[:, :k]
@@ -147,3 +158,21 @@ def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion,
         step = crowded.nonzero().squeeze(1)
         out_v[step], out_i[step] = exact(step)
     return out_v, out_i
+
+
+def _by_row(rows: torch.Tensor, n_rows: int, fill: float, *columns: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Flat entries (``rows`` and their ``columns``) laid out as (n_rows, W) matrices, one row per
+    query, padded with ``fill``; also the (n_rows, W) mask of real entries."""
+    order = torch.sort(rows, stable=True).indices
+    rows = rows[order]
+    counts = torch.bincount(rows, minlength=n_rows)
+    width = int(counts.max()) if rows.numel() else 0
+    slot = torch.arange(rows.numel()) - (torch.cumsum(counts, 0) - counts)[rows]  # position within its row
+    valid = torch.zeros((n_rows, width), dtype=torch.bool)
+    valid[rows, slot] = True
+    out = []
+    for column in columns:
+        matrix = torch.full((n_rows, width), fill, dtype=column.dtype)
+        matrix[rows, slot] = column[order]
+        out.append(matrix)
+    return out, valid
