@@ -85,6 +85,22 @@ def _cases(op: str, device: str, quick: bool) -> list[dict]:
     raise ValueError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
 
 
+def _given_cases(op: str, shapes: list[tuple[int, int, int]]) -> list[dict]:
+    if op == "noise_inject":
+        return [dict(B=b, L=l, d=d) for b, l, d in shapes]
+    return [dict(B=b, N=n, d=d, **({"K": _TOPK_K} if op == "inner_product_topk" else {})) for b, n, d in shapes]
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        b, n, d = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape takes B,N,d (three integers), got {text!r}") from None
+    if min(b, n, d) < 1:
+        raise argparse.ArgumentTypeError(f"--shape sizes must be positive, got {text!r}")
+    return b, n, d
+
+
 def _providers(op: str, device: str) -> list[str]:
     cpu = not device.startswith("cuda")
     if op == "inner_product_topk":
@@ -327,11 +343,12 @@ def _backend_label(op: str, provider: str, device: str, case: dict) -> str:
     return chosen if chosen == "triton" else "torch twin"
 
 
-def run_benchmarks(ops: list[str], device: str, quick: bool) -> list[dict]:
+def run_benchmarks(ops: list[str], device: str, quick: bool, shapes: list[tuple[int, int, int]] | None = None) -> list[dict]:
     """Benchmark ``ops`` (names from :data:`OPS`) on ``device`` ("cpu" or "cuda[:i]").
 
-    ``quick`` runs one or two representative sizes per op with fewer repetitions. Returns one
-    dict per (op, case, mode, provider) with the fields described in the module docstring.
+    ``quick`` runs one or two representative sizes per op with fewer repetitions; ``shapes``
+    replaces the sizes (``(B, N, d)``, or ``(B, L, d)`` for noise injection). Returns one dict per
+    (op, case, mode, provider) with the fields described in the module docstring.
     """
     device = str(torch.device(device))
     gpu = device.startswith("cuda")
@@ -339,7 +356,7 @@ def run_benchmarks(ops: list[str], device: str, quick: bool) -> list[dict]:
         raise RuntimeError("run_benchmarks: device 'cuda' requested but CUDA is not available")
     rows: list[dict] = []
     for op in ops:
-        for case in _cases(op, device, quick):
+        for case in _cases(op, device, quick) if shapes is None else _given_cases(op, shapes):
             for mode in _modes(op):
                 case_rows = [
                     dict(op=op, provider=provider, backend=_backend_label(op, provider, device, case), mode=mode,
@@ -397,7 +414,7 @@ def _measure_cpu(op: str, case: dict, mode: str, case_rows: list[dict], quick: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m diffrec.kernels.bench [--ops ...] [--device cpu|cuda] [--quick] [--json PATH] [--markdown PATH]``.
+    """``python -m diffrec.kernels.bench [--ops ...] [--device cpu|cuda] [--quick] [--shape B,N,d ...] [--json PATH] [--markdown PATH]``.
 
     ``--summarize ROWS.json`` prints only the target lines of saved rows (no benchmark runs).
     """
@@ -405,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shape", type=_shape, action="append", help="B,N,d (B,L,d for noise_inject) instead of the built-in sizes; repeatable")
     parser.add_argument("--json", help="also write the rows as JSON to this path")
     parser.add_argument("--markdown", help="also write the rows as a Markdown table to this path")
     parser.add_argument("--peak-gbps", type=float,
@@ -422,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in target_summary(rows, peak):
             print(line)
         return 0
-    rows = run_benchmarks(args.ops, args.device, args.quick)
+    rows = run_benchmarks(args.ops, args.device, args.quick, args.shape)
     peak = args.peak_gbps or device_peak_gbps(args.device)
     for row in rows:
         row["peak_gbps"] = peak
