@@ -92,7 +92,7 @@ def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion,
 
     ``exclusion`` is a :class:`diffrec.kernels.topk.Exclusion`; ``exact(rows)`` computes the
     float32 top-K of the given query rows another way (for rows with more than ``max_candidates``
-    candidates, and for inputs beyond bf16's range). Returns ``(scores, ids)`` in canonical order.
+    candidates, and for inputs whose products could leave bf16's or float32's range). Returns ``(scores, ids)`` in canonical order.
     """
     from .topk import canonical_order
 
@@ -104,6 +104,8 @@ def screened_topk(queries: torch.Tensor, items: torch.Tensor, k: int, exclusion,
         return exact(torch.arange(n_queries))
     factor, slack = bound_factor(dim), absolute_slack(dim)
     query_norms = torch.linalg.vector_norm(queries, dim=1, dtype=torch.float64)  # (B,); bounds are float64 throughout
+    if float(query_norms.max()) * float(item_norms.max()) * (1 + factor) >= 2.0**127:  # a partial sum could overflow
+        return exact(torch.arange(n_queries))
     lower = torch.full((n_queries,), float("-inf"), dtype=torch.float64)  # (B,) at most the k-th float32 score
     found_rows, found_ids, found_scores = [], [], []
     queries_t = queries_bf16.T  # (d, B)

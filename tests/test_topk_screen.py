@@ -130,9 +130,13 @@ def test_queries_with_too_many_candidates_go_to_the_float32_path():
     assert torch.equal(ids, want_i) and torch.equal(values, want_v)
 
 
-def test_inputs_beyond_bf16_range_go_to_the_float32_path():
+@pytest.mark.parametrize("where, value", [("items", 3.4e38), ("queries", 3.4e38), ("items", 1e20)])
+def test_inputs_beyond_bf16_range_go_to_the_float32_path(where, value):
+    """3.4e38 rounds to inf in bf16; 1e20 x 1e20 would overflow a partial sum."""
     queries, items = torch.randn(4, 8), torch.randn(50, 8)
-    items[3, 0] = 3.4e38  # rounds to inf in bf16
+    (items if where == "items" else queries)[3, 0] = value
+    if value == 1e20:
+        queries[0, 0] = 1e20
     _, ids, handed_back = screened(queries, items, 3)
     assert handed_back == 4 and torch.equal(ids, exact_top(queries, items, 3)[1])
 
