@@ -28,6 +28,7 @@ def ablate(
     jobs: int = typer.Option(1, help="Train this many runs side by side (worker processes; the threads are split among them)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads in all (split among --jobs)."),
     yes: bool = typer.Option(False, "--yes", help=f"Allow a grid of more than {100} trainings."),
+    no_train: bool = typer.Option(False, "--no-train", help="Train, resume and extend nothing: summarise the finished runs (re-evaluating them for inference-only cells) and report the rest as untrained."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train a grid of settings over seeds and test every cell against a reference (tables, statistics, figures)."""
@@ -51,11 +52,11 @@ def ablate(
     cells = ab.build_cells(base_cfg, axes)
     ref = ab.parse_reference(reference, axes)
     trainings = len({ab.slug(c.train) for c in cells if c.refused is None}) * len(seed_list)
-    if trainings > ab.LARGE_GRID and not yes:
+    if trainings > ab.LARGE_GRID and not yes and not no_train:
         raise DiffrecError(f"the grid needs {trainings} trainings; pass --yes to run more than {ab.LARGE_GRID}")
     log = (lambda line: console.print(line, highlight=False, soft_wrap=True))
     command = "diffrec " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    summary = ab.ablate(cells, seed_list, out, reference=ref, runs=runs, jobs=jobs, command=command, show_progress=not quiet and console.is_terminal, log=log)
+    summary = ab.ablate(cells, seed_list, out, reference=ref, runs=runs, jobs=jobs, command=command, show_progress=not quiet and console.is_terminal, log=log, train=not no_train)
     atomic_write(out / "ablation.md", markdown(summary))
     written = figures(summary, [(a.key, a.values) for a in axes], out)
     table = Table(title=f"ablation ({len(seed_list)} seeds, test split, %)")

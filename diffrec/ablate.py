@@ -225,9 +225,11 @@ def ablate(
     command: str = "",
     show_progress: bool = False,
     log: Callable[[str], None] = print,
+    train: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate every cell over ``seeds`` (the runs in ``runs``, default ``OUT/runs``);
-    write and return ``OUT/ablation.json``."""
+    write and return ``OUT/ablation.json``. With ``train=False`` only finished runs are used (and
+    re-evaluated for inference-only cells); the others are listed as ``untrained``."""
     from diffrec.data.source import open_dataset
 
     check_out(out, runs)
@@ -248,7 +250,15 @@ def ablate(
             config.train.seed = seed  # type: ignore[union-attr]
             trainings.setdefault((slug(cell.train), seed), config)
     dirs = run_directories(trainings, runs, data, log)
-    results, busy, failed = _run_trainings([(dirs[key], config, f"{key[0]} seed {key[1]}") for key, config in trainings.items()], data, jobs, show_progress, log)
+    items = [(dirs[key], config, f"{key[0]} seed {key[1]}") for key, config in trainings.items()]
+    untrained = [] if train else [str(d) for d, config, label in items if not finished(d, config)]
+    for run_dir, _, label in items:
+        if str(run_dir) in untrained:
+            log(f"{label}: not trained yet (--no-train)")
+    items = [item for item in items if str(item[0]) not in untrained]
+    results, busy, failed = _run_trainings(items, data, jobs, show_progress, log)
+    if not train and not results:
+        raise DiffrecError(f"no run of the grid has finished under {runs}; nothing to summarise (--no-train)")
     for cell in valid:
         for seed in seeds:
             run_dir = dirs[(slug(cell.train), seed)]
@@ -265,6 +275,7 @@ def ablate(
                 final = reevaluate(run_dir, config, data, cache, earlier, label=f"{cell.name} seed {seed}", log=log)
             cell.runs.append({"seed": seed, "run_dir": str(run_dir), "valid": final["valid"], "test": final["test"], "epochs_run": final.get("epochs_run"), "wall_seconds": final.get("wall_seconds")})
     summary = summarise(cells, seeds, reference, busy)
+    summary["untrained"] = untrained
     summary.update(runs_dir=str(runs), command=command, git_sha=git_sha(), machine=machine(), wall_seconds=time.perf_counter() - started, dataset=str(valid[0].config.data.path))  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out / "ablation.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -294,6 +305,16 @@ def run_directories(trainings: dict[tuple[str, int], RunConfig], runs: pathlib.P
             log(f"{name} seed {seed}: the same training is {found}")
             dirs[(name, seed)] = found
     return dirs
+
+
+def finished(run_dir: pathlib.Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a finished run that :func:`diffrec.runner.run_one` would reuse as
+    it is (not one it would resume or extend to ``config``'s epoch budget)."""
+    run = ckpt.RunDir(run_dir)
+    if not run.file(ckpt.FINAL).is_file():
+        return False
+    final = run.read_json(ckpt.FINAL)
+    return bool(final.get("stopped_early")) or final.get("epochs_run", 0) >= config.train.epochs
 
 
 def training_key(config: RunConfig) -> str:

@@ -74,6 +74,24 @@ def test_another_ablation_shares_the_trainings_through_runs(grid, tmp_path):
     assert {r["run_dir"] for c in summary["cells"].values() for r in c["runs"]} == {str(out / "runs" / "delta=0.001" / f"seed{s}") for s in (1997, 1998)}
 
 
+def test_no_train_summarises_the_finished_runs_and_trains_nothing(grid, tmp_path):
+    out, _, _ = grid
+    partial = tmp_path / "partial"
+    args = ["ablate", "--out", partial, "--runs", out / "runs", "--grid", "delta=0.001,0.01", "--grid", "rounding=inner_product,l2", "--seeds", "3", "--recipe", "fast", "--no-train", *TINY]
+    proc = diffrec(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training in" not in proc.stdout and proc.stdout.count("not trained yet (--no-train)") == 2
+    assert not (out / "runs" / "delta=0.001" / "seed1999").exists()
+    summary = json.loads((partial / "ablation.json").read_text())
+    assert sorted(summary["untrained"]) == [str(out / "runs" / f"delta={d}" / "seed1999") for d in ("0.001", "0.01")]
+    assert all([r["seed"] for r in c["runs"]] == [1997, 1998] for c in summary["cells"].values())
+    assert "2 runs not trained yet" in (partial / "ablation.md").read_text()
+    empty = tmp_path / "empty"
+    proc = diffrec("ablate", "--out", empty, "--grid", "delta=0.001", "--no-train", *TINY)
+    assert proc.returncode == 2 and "nothing to summarise" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (empty / "ablation.json").exists()
+
+
 def test_a_grid_finds_a_training_that_runs_holds_under_another_cells_name(grid, tmp_path):
     out, _, _ = grid
     shared = tmp_path / "runs"
