@@ -10,8 +10,8 @@ same trainings, a steps grid beside a rounding grid, can share them) and goes th
 :func:`diffrec.runner.run_one`, so finished runs are reused, unfinished ones resumed, and two
 processes can share a grid (a run another process holds is skipped and reported). A training
 that ``RUNS`` already holds under another cell's name (a schedules grid whose ``trunc_lin`` cell
-is a rounding grid's reference) is found by its config and data and reused there. A cell whose combination is invalid is refused with
-its reason while the others go on.
+is a rounding grid's reference) is found by its config and data and reused there. A cell whose
+combination is invalid is refused with its reason while the others go on.
 
 ``OUT`` must be new, empty or an ablation folder that diffrec wrote (:func:`check_out`): a
 second invocation reuses its runs and rewrites its summary and figures, and anything else in
@@ -41,7 +41,7 @@ from diffrec.config import RunConfig
 from diffrec.errors import DiffrecError
 from diffrec.overrides import apply_override
 from diffrec.presets import RECIPES
-from diffrec.runner import git_sha, machine, reevaluate, run_one
+from diffrec.runner import complete, git_sha, machine, reevaluate, run_one
 from diffrec.stats import METRICS, aggregate, ci95, holm, paired_t_test
 
 #: settings that only inference uses: cells that differ only in them share their training
@@ -251,11 +251,11 @@ def ablate(
             trainings.setdefault((slug(cell.train), seed), config)
     dirs = run_directories(trainings, runs, data, log)
     items = [(dirs[key], config, f"{key[0]} seed {key[1]}") for key, config in trainings.items()]
-    untrained = [] if train else [str(d) for d, config, label in items if not finished(d, config)]
-    for run_dir, _, label in items:
-        if str(run_dir) in untrained:
-            log(f"{label}: not trained yet (--no-train)")
-    items = [item for item in items if str(item[0]) not in untrained]
+    pending = [] if train else [item for item in items if not finished(item[0], item[1])]
+    for _, _, label in pending:
+        log(f"{label}: not trained yet (--no-train)")
+    untrained = [str(run_dir) for run_dir, _, _ in pending]
+    items = [item for item in items if item not in pending]
     results, busy, failed = _run_trainings(items, data, jobs, show_progress, log)
     if not train and not results:
         raise DiffrecError(f"no run of the grid has finished under {runs}; nothing to summarise (--no-train)")
@@ -311,10 +311,7 @@ def finished(run_dir: pathlib.Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` holds a finished run that :func:`diffrec.runner.run_one` would reuse as
     it is (not one it would resume or extend to ``config``'s epoch budget)."""
     run = ckpt.RunDir(run_dir)
-    if not run.file(ckpt.FINAL).is_file():
-        return False
-    final = run.read_json(ckpt.FINAL)
-    return bool(final.get("stopped_early")) or final.get("epochs_run", 0) >= config.train.epochs
+    return run.file(ckpt.FINAL).is_file() and complete(run.read_json(ckpt.FINAL), config.train.epochs)
 
 
 def training_key(config: RunConfig) -> str:

@@ -54,6 +54,12 @@ def _check_same_run(stored: RunConfig, wanted: RunConfig, run_dir: pathlib.Path)
         raise DiffrecError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); move it away or pick another --out")
 
 
+def complete(final: dict[str, Any], epochs: int) -> bool:
+    """Whether a finished run (its ``metrics.json``) needs no more epochs for a budget of ``epochs``:
+    it stopped early or ran them all. A finished run that is not complete is extended."""
+    return bool(final.get("stopped_early")) or final.get("epochs_run", 0) >= epochs
+
+
 def _never_trained(run: ckpt.RunDir, finished: bool, run_dir: pathlib.Path, epochs: int, final: dict[str, Any]) -> bool:
     """Whether a run directory without a checkpoint to resume from may be started over: true when
     it is absent or holds no finished epoch (a run stopped during its first epoch); an error when
@@ -88,7 +94,7 @@ def run_one(
         _check_same_run(run.valid_config(), config, run_dir)
     finished = run.file(ckpt.FINAL).is_file()
     final = run.read_json(ckpt.FINAL) if finished else {}
-    extend = finished and not final.get("stopped_early") and final.get("epochs_run", 0) < config.train.epochs
+    extend = finished and not complete(final, config.train.epochs)
     if finished and not extend:
         log(f"{label}: reusing {run_dir}")
         return final
