@@ -41,7 +41,7 @@ from diffrec.config import RunConfig
 from diffrec.errors import DiffrecError
 from diffrec.overrides import apply_override
 from diffrec.presets import RECIPES
-from diffrec.runner import complete, git_sha, machine, reevaluate, run_one
+from diffrec.runner import WeightsMissing, complete, git_sha, machine, reevaluate, run_one
 from diffrec.stats import METRICS, aggregate, ci95, holm, paired_t_test
 
 #: settings that only inference uses: cells that differ only in them share their training
@@ -257,6 +257,7 @@ def ablate(
     untrained = [str(run_dir) for run_dir, _, _ in pending]
     items = [item for item in items if item not in pending]
     results, busy, failed = _run_trainings(items, data, jobs, show_progress, log)
+    unweighted: list[str] = []
     if not train and not results:
         raise DiffrecError(f"no run of the grid has finished under {runs}; nothing to summarise (--no-train)")
     for cell in valid:
@@ -272,10 +273,16 @@ def ablate(
                 earlier = cache.read_json(ckpt.FINAL) if cache.file(ckpt.FINAL).is_file() else {}
                 config = copy.deepcopy(cell.config)
                 config.train.seed = seed
-                final = reevaluate(run_dir, config, data, cache, earlier, label=f"{cell.name} seed {seed}", log=log)
+                try:
+                    final = reevaluate(run_dir, config, data, cache, earlier, label=f"{cell.name} seed {seed}", log=log)
+                except WeightsMissing as exc:
+                    log(f"{cell.name} seed {seed}: skipped, {exc}")
+                    unweighted.append(str(run_dir))
+                    continue
             cell.runs.append({"seed": seed, "run_dir": str(run_dir), "valid": final["valid"], "test": final["test"], "epochs_run": final.get("epochs_run"), "wall_seconds": final.get("wall_seconds")})
     summary = summarise(cells, seeds, reference, busy)
     summary["untrained"] = untrained
+    summary["no_weights"] = sorted(set(unweighted))
     summary.update(runs_dir=str(runs), command=command, git_sha=git_sha(), machine=machine(), wall_seconds=time.perf_counter() - started, dataset=str(valid[0].config.data.path))  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out / "ablation.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")

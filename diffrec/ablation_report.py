@@ -39,7 +39,14 @@ def markdown(summary: dict[str, Any], alpha: float = 0.05) -> str:
         mark = "*" if versus and any((versus[m].get("p_holm") or 1.0) < alpha for m in SHOWN) else ""
         lines.append(f"| {name} | {len(entry['runs'])} | " + " | ".join([*(_cell(entry, m) for m in SHOWN), *deltas, *ps, mark]) + " |")
     note = f"\n\nTest split, percent, mean ± std over seeds. Δ and paired t-tests against `{ref}` over the seeds both ran; Holm-corrected over the cells per metric; * marks p (Holm) < {alpha}." if ref else "\n\nTest split, percent, mean ± std over seeds."
-    pending = [(len(summary.get(key) or []), why) for key, why in (("untrained", "not trained yet"), ("busy", "being trained by another process"))]
+    pending = [
+        (len(summary.get(key) or []), why)
+        for key, why in (
+            ("untrained", "not trained yet"),
+            ("busy", "being trained by another process"),
+            ("no_weights", "without weights here (a checkout keeps none), so their inference-only cells were not evaluated"),
+        )
+    ]
     note += "".join(f" {n} run{'s' if n > 1 else ''} {why}; the cells show the seeds that finished." for n, why in pending if n)
     return MARK + "\n\n" + "\n".join(lines) + note + "\n"
 

@@ -119,6 +119,11 @@ def run_one(
     return final
 
 
+class WeightsMissing(DiffrecError):
+    """A finished run whose best weights are not on this machine (a checkout keeps configs and
+    metrics only), so an inference-only change cannot be evaluated on it."""
+
+
 def reevaluate(
     base_dir: pathlib.Path,
     config: RunConfig,
@@ -142,6 +147,11 @@ def reevaluate(
     if final and all(final.get(k) == v for k, v in stamp.items()):
         log(f"{label}: reusing {cache.path}")
         return final
+    if not base.file(ckpt.BEST).is_file():
+        raise WeightsMissing(
+            f"{label} re-evaluates {base_dir}, whose weights {ckpt.BEST} are not there (a checkout keeps configs and metrics only); "
+            "restore the file, or train the run again in another --runs folder"
+        )
     log(f"{label}: re-evaluating {base_dir}")
     base_config = base.valid_config()
     for key in ("epochs", "seed"):

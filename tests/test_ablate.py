@@ -92,6 +92,27 @@ def test_no_train_summarises_the_finished_runs_and_trains_nothing(grid, tmp_path
     assert not (empty / "ablation.json").exists()
 
 
+def test_a_run_without_its_weights_is_reported_and_the_other_seeds_still_evaluate(grid, tmp_path):
+    """A checkout keeps a run's configs and metrics but not its weights: an inference-only cell on
+    such a run is listed as ``no_weights``; the trained cells and the other seeds are reported."""
+    out, _, _ = grid
+    shared = tmp_path / "runs"
+    shutil.copytree(out / "runs", shared)
+    (shared / "delta=0.001" / "seed1998" / "model.safetensors").unlink()
+    report = tmp_path / "report"
+    args = ["ablate", "--out", report, "--runs", shared, "--grid", "delta=0.001", "--grid", "reverse_sampler.steps=1,2", "--seeds", "2", "--recipe", "fast"]
+    proc = diffrec(*args, "--no-train", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("model.safetensors are not there") == 2 and proc.stdout.count("re-evaluating") == 2, proc.stdout
+    summary = json.loads((report / "ablation.json").read_text())
+    assert summary["no_weights"] == [str(shared / "delta=0.001" / "seed1998")]
+    assert all([r["seed"] for r in c["runs"]] == [1997] for c in summary["cells"].values())
+    assert "1 run without weights here" in (report / "ablation.md").read_text()
+    proc = diffrec(*args, *TINY)  # training mode neither retrains the finished run nor fails on it
+    assert proc.returncode == 0 and "training in" not in proc.stdout, proc.stderr[-2000:]
+    assert json.loads((report / "ablation.json").read_text())["no_weights"] == [str(shared / "delta=0.001" / "seed1998")]
+
+
 def test_a_grid_finds_a_training_that_runs_holds_under_another_cells_name(grid, tmp_path):
     out, _, _ = grid
     shared = tmp_path / "runs"
