@@ -343,11 +343,14 @@ def _backend_label(op: str, provider: str, device: str, case: dict) -> str:
     return chosen if chosen == "triton" else "torch twin"
 
 
-def run_benchmarks(ops: list[str], device: str, quick: bool, shapes: list[tuple[int, int, int]] | None = None) -> list[dict]:
+def run_benchmarks(
+    ops: list[str], device: str, quick: bool, shapes: list[tuple[int, int, int]] | None = None, providers: list[str] | None = None
+) -> list[dict]:
     """Benchmark ``ops`` (names from :data:`OPS`) on ``device`` ("cpu" or "cuda[:i]").
 
     ``quick`` runs one or two representative sizes per op with fewer repetitions; ``shapes``
-    replaces the sizes (``(B, N, d)``, or ``(B, L, d)`` for noise injection). Returns one dict per
+    replaces the sizes (``(B, N, d)``, or ``(B, L, d)`` for noise injection); ``providers`` keeps only
+    those (default: all of the op's). Returns one dict per
     (op, case, mode, provider) with the fields described in the module docstring.
     """
     device = str(torch.device(device))
@@ -364,7 +367,10 @@ def run_benchmarks(ops: list[str], device: str, quick: bool, shapes: list[tuple[
                          median_ms=None, peak_mib=None, mem_method=None, gbps=None, tflops=None,
                          speedup=None, note="")
                     for provider in _providers(op, device)
+                    if providers is None or provider in providers
                 ]
+                if not case_rows:
+                    continue
                 if gpu:
                     _measure_cuda(op, case, mode, case_rows, quick)
                 else:
@@ -423,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--shape", type=_shape, action="append", help="B,N,d (B,L,d for noise_inject) instead of the built-in sizes; repeatable")
+    parser.add_argument("--providers", type=lambda text: text.split(","), help="only these providers, comma-separated (e.g. diffrec,faiss,torch)")
     parser.add_argument("--json", help="also write the rows as JSON to this path")
     parser.add_argument("--markdown", help="also write the rows as a Markdown table to this path")
     parser.add_argument("--peak-gbps", type=float,
@@ -440,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in target_summary(rows, peak):
             print(line)
         return 0
-    rows = run_benchmarks(args.ops, args.device, args.quick, args.shape)
+    known = sorted({p for op in args.ops for p in _providers(op, args.device)})
+    unknown = sorted(set(args.providers or []) - set(known))
+    if unknown:
+        parser.error(f"unknown provider(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    rows = run_benchmarks(args.ops, args.device, args.quick, args.shape, args.providers)
     peak = args.peak_gbps or device_peak_gbps(args.device)
     for row in rows:
         row["peak_gbps"] = peak

@@ -148,7 +148,7 @@ def target_summary(rows: list[dict], peak_gbps: float | None = None) -> list[str
             mine, ref = find("inner_product_topk", "diffrec-screen", "fwd", **case), find("inner_product_topk", "faiss", "fwd", **case)
             if mine and ref:
                 speed = ratio(ref, mine, "median_ms")
-                want, where = (3.0, "AMX") if amx else (1.0, "bf16 dot products" if hardware_bf16() else "no bf16 hardware: the screen is off by default")
+                want, where = (3.0, "AMX") if amx else (1.0, "bf16 dot products, no AMX: the screen is off by default" if hardware_bf16() else "no bf16 hardware: the screen is off by default")
                 lines.append(
                     f"TARGET inner_product_topk bf16 screen (CPU, {where}) B=512 N=1e{len(str(n)) - 1} d=128 K=20 fwd: {times(mine, ref, 'faiss')}: "
                     f"faiss time / screen time {_fmt(speed, '.2f')} vs target >= {want:g} -> {_verdict(speed, want, True)}"

@@ -27,7 +27,7 @@ for ``k + 1`` results and recomputes, exactly, every query whose k-th and (k+1)-
 are equal. Other dtypes/devices use a chunked matmul with a running top-K (memory O(B·chunk)).
 faiss' speed collapses when other processes keep the cores busy (see benchmarks/RESULTS.md);
 ``diffrec.kernels.topk.USE_FAISS = False`` switches the float32 CPU path to the chunked matmul.
-On CPUs with bf16 matrix hardware, float32 queries are first screened in bf16 and only the
+On CPUs with AMX, float32 queries are first screened in bf16 and only the
 candidates that an error bound cannot rule out are rescored in float32
 (:mod:`diffrec.kernels.topk_screen`; the result is the float32 top-K, ties as above;
 ``SCREEN_BF16`` switches it).
@@ -51,8 +51,8 @@ _OP = "inner_product_topk"
 _CHUNK_ELEMENTS = 1 << 22  # B·chunk scores per step of the chunked twin (16 MiB in float32)
 TRITON_MAX_K = 256
 USE_FAISS = True  # set False to make the float32 CPU twin use the chunked matmul instead of faiss
-#: the exact bf16 screen for float32 CPU top-K: None = where the CPU multiplies bf16 in hardware
-#: (for 16 or more queries), True = always, False = never
+#: the exact bf16 screen for float32 CPU top-K: None = where the CPU has AMX (for 16 or more
+#: queries), True = always, False = never
 SCREEN_BF16: bool | None = None
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -227,11 +227,30 @@ def _faiss_module():
     return faiss
 
 
+#: faiss searches batches of at least this many queries through BLAS (a matrix product, then the
+#: top-K per row) and smaller ones query by query. faiss' own default moved to 128,000 queries,
+#: which sends every batch down the query-by-query path: 5-7x slower at 512 queries on the CPUs
+#: measured (benchmarks/RESULTS.md); BLAS wins from about 8-16 queries there.
+FAISS_BLAS_MIN_QUERIES = 8
+
+
+def _faiss_knn(faiss, queries, items, k: int):
+    """``faiss.knn`` by inner product with BLAS for batches of ``FAISS_BLAS_MIN_QUERIES`` or more.
+    faiss keeps the switch in a process-wide variable; it is restored after the call."""
+    cvar = faiss.cvar
+    default = cvar.distance_compute_blas_threshold
+    cvar.distance_compute_blas_threshold = FAISS_BLAS_MIN_QUERIES
+    try:
+        return faiss.knn(queries, items, k, faiss.METRIC_INNER_PRODUCT)
+    finally:
+        cvar.distance_compute_blas_threshold = default
+
+
 def faiss_topk(faiss, queries: torch.Tensor, items: torch.Tensor, k: int, exclusion: Exclusion):
     """float32 CPU top-K through faiss (exhaustive inner product); exact tie rule restored afterwards."""
     n_items = items.shape[0]
     wanted = min(n_items, k + exclusion.max_excluded + 1)
-    dist, labels = faiss.knn(queries.numpy(), items.numpy(), wanted, faiss.METRIC_INNER_PRODUCT)
+    dist, labels = _faiss_knn(faiss, queries.numpy(), items.numpy(), wanted)
     values, ids = torch.from_numpy(dist), torch.from_numpy(labels)  # (B, wanted), descending
     if not exclusion.empty:
         excluded = exclusion.contains(ids)  # (B, wanted)
@@ -249,10 +268,10 @@ def faiss_topk(faiss, queries: torch.Tensor, items: torch.Tensor, k: int, exclus
 
 
 def _screen(n_queries: int) -> bool:
-    from .topk_screen import MIN_QUERIES, hardware_bf16
+    from .topk_screen import MIN_QUERIES, screen_by_default
 
     if SCREEN_BF16 is None:
-        return n_queries >= MIN_QUERIES and hardware_bf16()
+        return n_queries >= MIN_QUERIES and screen_by_default()
     return bool(SCREEN_BF16)
 
 

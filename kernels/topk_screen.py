@@ -6,6 +6,10 @@ items whose bf16 score a rigorous error bound cannot rule out of the float32 top
 rescored in float32, so the result is the float32 top-K with the tie rule of
 :mod:`diffrec.kernels.topk`, never an approximation.
 
+It is on by default only where the CPU has AMX tiles (:func:`screen_by_default`). With AVX512-BF16
+dot products alone it measured about half the speed of faiss' BLAS search, which the float32 path
+uses (benchmarks/RESULTS.md), so there it stays an option (``topk.SCREEN_BF16 = True``).
+
 The bound. Let ``s~`` be the bf16 score (both inputs rounded to bf16 with unit roundoff
 ``u = 2^-8``, products exact in float32, summed in float32 in any order, the sum rounded to
 bf16) and ``r`` the float32 rescoring (a dot product summed in float32 in any order). With
@@ -54,11 +58,21 @@ def absolute_slack(dim: int) -> float:
     return 4.0 * dim * 2.0**-126
 
 
+def amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix products about 17x its float32 rate)."""
+    supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(supported is not None and supported())
+
+
 def hardware_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16 dot products)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return bool((amx is not None and amx()) or (avx is not None and avx()))
+    return amx() or bool(avx is not None and avx())
+
+
+def screen_by_default() -> bool:
+    """Where the screen is on unless ``topk.SCREEN_BF16`` says otherwise: CPUs with AMX."""
+    return amx()
 
 
 def _item_side(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

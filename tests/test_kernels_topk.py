@@ -324,6 +324,37 @@ def test_float32_cpu_without_faiss(monkeypatch):
     assert torch.equal(ids, ref_i)
 
 
+def test_faiss_searches_batches_through_blas_and_restores_its_setting(monkeypatch):
+    """faiss' default sends batches below 128,000 queries down its query-by-query path (several
+    times slower); the twin switches BLAS on for its call only, also when faiss raises."""
+    faiss = pytest.importorskip("faiss")
+    from diffrec.kernels import topk
+
+    seen = []
+    real_knn = faiss.knn
+
+    def knn(*args):
+        seen.append(faiss.cvar.distance_compute_blas_threshold)
+        return real_knn(*args)
+
+    default = faiss.cvar.distance_compute_blas_threshold
+    monkeypatch.setattr(faiss, "knn", knn)
+    queries, items = small_int_data(32, 2000, 8, seed=21)
+    _, ref_i = reference(queries, items, 10, None)
+    _, ids = topk.faiss_topk(faiss, queries, items, 10, normalize_exclude(None, 32, 2000, queries.device))
+    assert torch.equal(ids, ref_i)
+    assert seen == [topk.FAISS_BLAS_MIN_QUERIES] and topk.FAISS_BLAS_MIN_QUERIES <= 16
+    assert faiss.cvar.distance_compute_blas_threshold == default
+
+    def broken(*args):
+        raise RuntimeError("faiss failed")
+
+    monkeypatch.setattr(faiss, "knn", broken)
+    with pytest.raises(RuntimeError, match="faiss failed"):
+        topk.faiss_topk(faiss, queries, items, 10, normalize_exclude(None, 32, 2000, queries.device))
+    assert faiss.cvar.distance_compute_blas_threshold == default
+
+
 def test_all_scores_tied_returns_lowest_indices():
     queries = torch.ones(3, 4)
     items = torch.ones(50, 4)

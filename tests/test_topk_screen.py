@@ -153,20 +153,25 @@ def test_the_cached_item_copy_follows_in_place_changes_and_new_tables():
     assert topk_screen._cache == {}, "the copy of a table that is gone is dropped"
 
 
-def test_the_public_op_uses_the_screen_where_the_cpu_has_bf16_hardware(monkeypatch):
+def test_the_public_op_uses_the_screen_where_the_cpu_has_amx(monkeypatch):
     queries, items = torch.randint(-2, 3, (32, 8)).float(), torch.randint(-2, 3, (700, 8)).float()
     calls = []
     real = topk_screen.screened_topk
     monkeypatch.setattr(topk_screen, "screened_topk", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     want = exact_top(queries, items, 7, 0)
     for hardware, n_queries, used in [(True, 32, True), (False, 32, False), (True, 8, False)]:
-        monkeypatch.setattr(topk_screen, "hardware_bf16", lambda hardware=hardware: hardware)
+        monkeypatch.setattr(topk_screen, "amx", lambda hardware=hardware: hardware)
         calls.clear()
         values, ids = inner_product_topk(queries[:n_queries], items, 7, exclude=0, backend="torch")
         assert bool(calls) == used, (hardware, n_queries)
         assert torch.equal(ids, want[1][:n_queries]) and torch.equal(values, want[0][:n_queries])
-    monkeypatch.setattr(topk_module, "SCREEN_BF16", False)
     monkeypatch.setattr(topk_screen, "hardware_bf16", lambda: True)
+    monkeypatch.setattr(topk_screen, "amx", lambda: False)
+    calls.clear()
+    inner_product_topk(queries, items, 7, backend="torch")
+    assert not calls, "bf16 dot products without AMX keep the float32 path"
+    monkeypatch.setattr(topk_module, "SCREEN_BF16", False)
+    monkeypatch.setattr(topk_screen, "amx", lambda: True)
     calls.clear()
     inner_product_topk(queries, items, 7, backend="torch")
     assert not calls
