@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from diffrec.config import DataConfig, RunConfig
+from diffrec.config import RunConfig
 from diffrec.data.dataset import SequenceData
 from diffrec.errors import DiffrecError
 from diffrec.files import atomic_file, atomic_write, is_temp_name, make_dirs, os_error
