@@ -58,6 +58,10 @@ class TrainConfig:
     num_threads: int = 0
     #: "fp32" (the public code) or "bf16" (autocast of the training forward; evaluation stays fp32)
     precision: str = "fp32"
+    #: a diffusion model's reverse sampler for the validation passes during training (which pick the
+    #: best epoch and stop early), e.g. "one_step": cheaper where it ranks as the model's own sampler
+    #: does. "" = the model's own. The run's final validation and test metrics use the model's own.
+    valid_reverse_sampler: str = ""
 
     def validate(self) -> None:
         _check_finite(self, "train")

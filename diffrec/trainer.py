@@ -40,6 +40,7 @@ from diffrec.evaluation import evaluate
 from diffrec.files import make_dirs, remove_created, temp_sibling
 from diffrec.params import part_name
 from diffrec.progress import progress_bar
+from diffrec.registry import registry
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Trainer:
             raise DiffrecError("the data has no training examples (every user has fewer than 4 interactions)")
         self.rng = np.random.default_rng(config.train.seed)
         self.state = TrainState()
+        self._valid_sampler = self._validation_sampler(config)
 
     # ------------------------------------------------------------- helpers
     def lr_at(self, epoch: int, step: int) -> float:
@@ -240,10 +242,31 @@ class Trainer:
         total, count = (float(v) for v in all_sum(torch.tensor([float(total), float(count)], dtype=torch.float64), self.world))
         return total / count, seconds, int(count)
 
+    def _validation_sampler(self, config: RunConfig) -> Any:
+        """The reverse sampler of the validation passes during training (``train.valid_reverse_sampler``), or None."""
+        name = config.train.valid_reverse_sampler
+        if not name:
+            return None
+        if not hasattr(self.model, "reverse_sampler"):
+            raise ConfigError(f"train.valid_reverse_sampler applies to diffusion models only; model {config.model.model!r} has no reverse sampler")
+        sampler = registry("reverse_sampler").build(name, config=config.model)
+        current = self.model.reverse_sampler
+        self.model.reverse_sampler = sampler  # the model's own checks (guidance needs an unconditional branch)
+        self.model.reverse_sampler = current
+        return sampler
+
     def validate(self) -> dict[str, float]:
-        return evaluate(
-            self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world
-        ).metrics
+        """Validation metrics of the current weights, through ``train.valid_reverse_sampler`` where set."""
+        own = getattr(self.model, "reverse_sampler", None)
+        if self._valid_sampler is not None:
+            self.model.reverse_sampler = self._valid_sampler
+        try:
+            return evaluate(
+                self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world
+            ).metrics
+        finally:
+            if self._valid_sampler is not None:
+                self.model.reverse_sampler = own
 
     def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
         """Train (or ``resume``) the run and test its best model; see the module docstring.
@@ -377,7 +400,8 @@ class Trainer:
         best = self.run.file(ckpt.BEST)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
         common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world)
-        valid = self.state.best_valid or evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
+        selected_by_own = self._valid_sampler is None  # else the best epoch's validation used another sampler
+        valid = (selected_by_own and self.state.best_valid) or evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
         test = evaluate(self.model, self.data, "test", self.config.eval, **common).metrics
         final = {
             "valid": valid,

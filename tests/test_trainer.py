@@ -211,3 +211,40 @@ def test_wall_time_counts_every_epoch_across_invocations(tmp_path, small_data):
     state = json.loads((run / ckpt.STATE).read_text())
     (run / ckpt.STATE).write_text(json.dumps({**state, "epoch_wall_seconds": walls3[1:]}))
     assert "wall_seconds" not in Trainer(tiny_config(epochs=4), small_data, run, show_progress=False).fit(resume=True)
+
+
+def test_validation_through_another_reverse_sampler(tmp_path, small_data, monkeypatch):
+    """``train.valid_reverse_sampler`` runs the per-epoch validation through its sampler (and only
+    that); the final validation and test metrics use the model's own sampler, as if trained plainly."""
+    from diffrec.samplers import OneStepSampler
+
+    calls = []
+    real = OneStepSampler.sample
+    monkeypatch.setattr(OneStepSampler, "sample", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    plain = Trainer(tiny_config(epochs=3), small_data, tmp_path / "plain", show_progress=False).fit()
+    assert not calls
+    config = tiny_config(epochs=3, valid_reverse_sampler="one_step")
+    trainer = Trainer(config, small_data, tmp_path / "cheap", show_progress=False)
+    own = trainer.model.reverse_sampler
+    final = trainer.fit()
+    assert calls and trainer.model.reverse_sampler is own, "the model keeps its own sampler"
+    config_back, model, _ = load_run_model(tmp_path / "cheap", torch.device("cpu"))
+    assert config_back.train.valid_reverse_sampler == "one_step"
+    for split in ("valid", "test"):
+        assert final[split] == evaluate(model, small_data, split, config_back.eval, max_len=20, device=torch.device("cpu")).metrics
+    records = {r["epoch"]: r for r in map(json.loads, (tmp_path / "cheap" / "metrics.jsonl").read_text().splitlines())}
+    model.reverse_sampler = trainer._valid_sampler
+    cheap = evaluate(model, small_data, "valid", config_back.eval, max_len=20, device=torch.device("cpu")).metrics
+    assert records[final["best_epoch"]]["valid"] == cheap, "the epochs were validated through one_step"
+    assert cheap != final["valid"], "and the final validation through the model's own DDPM chain"
+    assert plain["test"].keys() == final["test"].keys()
+
+
+def test_a_bad_validation_sampler_is_refused_before_anything_is_written(tmp_path, small_data):
+    with pytest.raises(DiffrecError, match="one_step"):  # the error lists the valid samplers
+        Trainer(tiny_config(valid_reverse_sampler="nope"), small_data, tmp_path / "bad", show_progress=False)
+    sasrec = tiny_config(valid_reverse_sampler="one_step")
+    sasrec.model = ModelConfig(model="sasrec", hidden_size=32, num_blocks=1, num_heads=2, max_len=20)
+    with pytest.raises(DiffrecError, match="diffusion models only"):
+        Trainer(sasrec, small_data, tmp_path / "sasrec", show_progress=False)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "sasrec").exists()
