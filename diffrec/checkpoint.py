@@ -52,6 +52,9 @@ LOCK = ".lock"
 RUN_FILES = frozenset({CONFIG, DATASET, BEST, LAST, STATE, EPOCHS, FINAL, IDS, LOCK})
 #: metadata key of the tensors' SHA-256 in every tensor file diffrec writes
 CHECKSUM = "diffrec.sha256"
+#: metadata key of ``last.safetensors`` holding the trainer state written with it (one atomic file:
+#: a process killed between two writes can never pair the weights of one epoch with the state of another)
+STATE_META = "diffrec.trainer_state"
 
 try:
     import fcntl
@@ -134,6 +137,11 @@ def load_tensors(path: pathlib.Path) -> dict[str, torch.Tensor]:
 
     Files written before checksums were stored load unchecked.
     """
+    return load_tensors_and_metadata(path)[0]
+
+
+def load_tensors_and_metadata(path: pathlib.Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`load_tensors` and the file's metadata."""
     if not path.is_file():
         raise DiffrecError(f"checkpoint file not found: {path}")
     try:
@@ -146,7 +154,7 @@ def load_tensors(path: pathlib.Path) -> dict[str, torch.Tensor]:
     expected = meta.get(CHECKSUM)
     if expected is not None and tensors_digest(tensors) != expected:
         raise DiffrecError(f"{path}: checksum mismatch, the file is damaged (restore it or train again)")
-    return tensors
+    return tensors, meta
 
 
 def data_fingerprint(data: SequenceData) -> str:

@@ -17,6 +17,7 @@ checksums included, before it writes anything.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pathlib
@@ -121,7 +122,10 @@ class Trainer:
             lr *= min(1.0, (step + 1) / t.warmup_steps)
         return lr
 
-    def _save_last(self) -> None:
+    def _save_last(self, record: dict[str, Any]) -> None:
+        """The checkpoint after an epoch: weights, optimizer, random states and the trainer state
+        in one atomic file (``last.safetensors``), then a readable copy of the state and the
+        epoch's line of ``metrics.jsonl`` (which a resume writes again if a kill lost it)."""
         states = gather_objects(torch.get_rng_state(), self.world)  # every process's random state
         if not self.world.main:
             return
@@ -132,16 +136,47 @@ class Trainer:
         tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(states) if r})
         if self.device.type == "cuda":  # so that a resumed CUDA run draws what the straight run would have
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST))
         state = dict(self.state.__dict__)
         state["world_size"] = self.world.size
         state["optimizer"] = opt_meta
         state["numpy_rng"] = self.rng.bit_generator.state
+        state["last_record"] = record
+        ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST), metadata={ckpt.STATE_META: json.dumps(state, sort_keys=True, allow_nan=False)})
         self.run.write_json(ckpt.STATE, state)
+        self.run.append_jsonl(ckpt.EPOCHS, record)
+
+    def _saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The checkpoint's tensors and the trainer state saved with them (inside ``last.safetensors``;
+        a checkpoint written before the state moved there pairs with ``trainer_state.json``)."""
+        tensors, meta = ckpt.load_tensors_and_metadata(self.run.file(ckpt.LAST))
+        if ckpt.STATE_META not in meta:
+            return tensors, self.run.read_json(ckpt.STATE)
+        try:
+            return tensors, json.loads(meta[ckpt.STATE_META])
+        except json.JSONDecodeError as exc:
+            raise DiffrecError(f"{self.run.file(ckpt.LAST)}: its trainer state is not valid JSON ({exc})") from None
+
+    def _repair_log(self, record: dict[str, Any] | None) -> None:
+        """Make ``metrics.jsonl`` end with the checkpoint's epoch again after a kill: drop a line
+        cut short while it was written, and add the checkpoint's own line if it never got there."""
+        log_file = self.run.file(ckpt.EPOCHS)
+        lines = [line for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() else []
+        kept = []
+        for line in lines:
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kept.append(line)
+        last = json.loads(kept[-1]).get("epoch", 0) if kept else 0
+        if record is not None and last < self.state.epoch:
+            kept.append(json.dumps(record, sort_keys=True))
+        if kept != lines:
+            ckpt.atomic_write_text(log_file, "".join(line + "\n" for line in kept))
 
     def _restore_last(self) -> None:
-        tensors = ckpt.load_tensors(self.run.file(ckpt.LAST))
-        raw = self.run.read_json(ckpt.STATE)
+        tensors, raw = self._saved_state()
+        record = raw.pop("last_record", None)
         if int(raw.get("world_size", 1)) != self.world.size:
             raise DiffrecError(f"cannot resume: {self.run.path} was trained by {raw.get('world_size', 1)} process(es), this is {self.world.size}; resume with as many")
         ckpt.load_model_tensors(self.model, tensors, self.run.file(ckpt.LAST))
@@ -151,6 +186,8 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.rng.bit_generator.state = raw.pop("numpy_rng")
         self.state = TrainState(**raw)
+        if self.world.main:
+            self._repair_log(record)
 
     def _prepared(self, run_dir: pathlib.Path, resumed: bool) -> None:
         """Rank 0 tells the other processes where the run trains, once it is ready (torchrun)."""
@@ -174,7 +211,7 @@ class Trainer:
                 f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
                 "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
             )
-        state = self.run.read_json(ckpt.STATE)
+        _, state = self._saved_state()
         done = int(state.get("epoch", 0))
         old, new = saved.train, self.config.train
         if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
@@ -387,11 +424,9 @@ class Trainer:
                         self.state.stopped_early = True
             self.state.epoch = epoch + 1
             self.state.epoch_wall_seconds.append(time.perf_counter() - started)
-            self._save_last()
-            if self.world.main:
-                self.run.append_jsonl(ckpt.EPOCHS, record)
-                if self.on_epoch is not None:
-                    self.on_epoch(record)
+            self._save_last(record)
+            if self.world.main and self.on_epoch is not None:
+                self.on_epoch(record)
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:

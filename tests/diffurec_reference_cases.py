@@ -11,6 +11,11 @@ from diffrec.building import build_model
 N, D, L = 30, 16, 8
 
 #: name -> DiffuRec settings (the public code's defaults, and the variants that take other code paths)
+#: the CPU kernels (``torch.backends.cpu.get_cpu_capability()``) that computed the reference file.
+#: torch picks its float32 kernels by this capability, so another one sums in another order and
+#: agrees only to float32 rounding; the reference is rewritten on a CPU of this capability.
+REFERENCE_CPU_CAPABILITY = "AVX512"
+
 CASES: dict[str, dict] = {
     "default": {},
     "variants": {

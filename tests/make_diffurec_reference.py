@@ -15,10 +15,14 @@ import torch
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from diffurec_reference_cases import CASES, batch, build, run_case  # noqa: E402
+from diffurec_reference_cases import CASES, REFERENCE_CPU_CAPABILITY, batch, build, run_case  # noqa: E402
 
 if __name__ == "__main__":
     from diffrec.checkpoint import atomic_save_tensors
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != REFERENCE_CPU_CAPABILITY:
+        raise SystemExit(f"this CPU's kernels are {capability}; write the reference on a {REFERENCE_CPU_CAPABILITY} CPU or update REFERENCE_CPU_CAPABILITY")
 
     tensors: dict[str, torch.Tensor] = {}
     for name in CASES:

@@ -24,6 +24,13 @@ def tiny_config(**train) -> RunConfig:
     )
 
 
+def edit_saved_state(run, **changes) -> None:
+    """Change the trainer state that a resume reads: the one saved inside ``last.safetensors``."""
+    tensors, meta = ckpt.load_tensors_and_metadata(run / ckpt.LAST)
+    state = json.loads(meta[ckpt.STATE_META])
+    ckpt.atomic_save_tensors(tensors, run / ckpt.LAST, metadata={ckpt.STATE_META: json.dumps({**state, **changes})})
+
+
 @pytest.fixture(scope="module")
 def small_data():
     return make_synthetic(num_users=400, num_items=120, seed=1)
@@ -190,8 +197,7 @@ def test_resume_may_raise_the_patience_of_a_running_run_only(tmp_path, small_dat
     final = Trainer(tiny_config(epochs=2, patience=4), small_data, run, show_progress=False).fit(resume=True)
     assert final["epochs_run"] == 2
     assert "patience = 4" in (run / "config.toml").read_text()
-    state = json.loads((run / ckpt.STATE).read_text())
-    (run / ckpt.STATE).write_text(json.dumps({**state, "stopped_early": True}))
+    edit_saved_state(run, stopped_early=True)
     with pytest.raises(DiffrecError, match="only for a run that has not stopped early"):
         Trainer(tiny_config(epochs=3, patience=6), small_data, run, show_progress=False).fit(resume=True)
 
@@ -208,8 +214,7 @@ def test_wall_time_counts_every_epoch_across_invocations(tmp_path, small_data):
     assert walls3[:2] == walls and len(walls3) == 3
     assert 0 <= final["wall_seconds"] - sum(walls3) < 60  # all three epochs plus this invocation's test
     # a run whose earlier epochs were not timed reports no wall time rather than a partial one
-    state = json.loads((run / ckpt.STATE).read_text())
-    (run / ckpt.STATE).write_text(json.dumps({**state, "epoch_wall_seconds": walls3[1:]}))
+    edit_saved_state(run, epoch_wall_seconds=walls3[1:])
     assert "wall_seconds" not in Trainer(tiny_config(epochs=4), small_data, run, show_progress=False).fit(resume=True)
 
 
@@ -248,3 +253,45 @@ def test_a_bad_validation_sampler_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(DiffrecError, match="diffusion models only"):
         Trainer(sasrec, small_data, tmp_path / "sasrec", show_progress=False)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "sasrec").exists()
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+@pytest.mark.parametrize("killed_at", ["state copy", "log line", "torn log line"])
+def test_a_kill_between_the_checkpoints_writes_resumes_exactly(tmp_path, small_data, monkeypatch, killed_at):
+    """The weights and the trainer state of an epoch are one atomic file: a process killed after
+    writing it, before the readable state copy or the epoch's log line, resumes as if never killed
+    (before, the weights of epoch 2 met the state of epoch 1, or no state at all)."""
+    straight = tmp_path / "straight"
+    want = Trainer(tiny_config(epochs=3), small_data, straight, show_progress=False).fit()
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(epochs=3), small_data, run, show_progress=False)
+    real_json, real_append = ckpt.RunDir.write_json, ckpt.RunDir.append_jsonl
+
+    def write_json(self, name, obj):
+        if name == ckpt.STATE and obj["epoch"] == 2 and killed_at == "state copy":
+            raise _Killed
+        return real_json(self, name, obj)
+
+    def append_jsonl(self, name, obj):
+        if name == ckpt.EPOCHS and obj["epoch"] == 2 and killed_at != "state copy":
+            if killed_at == "torn log line":
+                with self.file(name).open("a") as fh:
+                    fh.write(json.dumps(obj)[:25])
+            raise _Killed
+        return real_append(self, name, obj)
+
+    monkeypatch.setattr(ckpt.RunDir, "write_json", write_json)
+    monkeypatch.setattr(ckpt.RunDir, "append_jsonl", append_jsonl)
+    with pytest.raises(_Killed):
+        trainer.fit()
+    monkeypatch.undo()
+    assert json.loads((run / "trainer_state.json").read_text())["epoch"] == (1 if killed_at == "state copy" else 2)
+    got = Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit(resume=True)
+    assert got["test"] == want["test"] and got["valid"] == want["valid"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    expected = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["loss"], r.get("valid")) for r in records] == [(r["loss"], r.get("valid")) for r in expected]
