@@ -144,7 +144,8 @@ def reevaluate(
         raise DiffrecError(f"{label} re-evaluates {base_dir}, which has not finished; train it first")
     base_final = base.read_json(ckpt.FINAL)
     stamp = {"reevaluates": str(base_dir), "base_epochs_run": base_final.get("epochs_run"), "base_best_epoch": base_final.get("best_epoch")}
-    if final and all(final.get(k) == v for k, v in stamp.items()):
+    same_base = bool(final.get("reevaluates")) and pathlib.Path(final["reevaluates"]).resolve() == base_dir.resolve()  # however the path was spelled
+    if same_base and all(final.get(k) == v for k, v in stamp.items() if k != "reevaluates"):
         log(f"{label}: reusing {cache.path}")
         return final
     if not base.file(ckpt.BEST).is_file():

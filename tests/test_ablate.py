@@ -72,6 +72,9 @@ def test_another_ablation_shares_the_trainings_through_runs(grid, tmp_path):
     assert summary["runs_dir"] == str(out / "runs") and not (steps / "runs").exists()
     assert [c["status"] for c in summary["cells"].values()] == ["ok", "ok"]
     assert {r["run_dir"] for c in summary["cells"].values() for r in c["runs"]} == {str(out / "runs" / "delta=0.001" / f"seed{s}") for s in (1997, 1998)}
+    respelled = f"{out}/../{out.name}/runs"  # the same folder, spelled another way: the cached evaluations still count
+    proc = diffrec("ablate", "--out", steps, "--runs", respelled, "--grid", "delta=0.001", "--grid", "reverse_sampler.steps=1,2", "--seeds", "2", "--recipe", "fast", *TINY)
+    assert proc.returncode == 0 and "re-evaluating" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 def test_no_train_summarises_the_finished_runs_and_trains_nothing(grid, tmp_path):
