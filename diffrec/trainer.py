@@ -174,8 +174,9 @@ class Trainer:
         if kept != lines:
             ckpt.atomic_write_text(log_file, "".join(line + "\n" for line in kept))
 
-    def _restore_last(self) -> None:
-        tensors, raw = self._saved_state()
+    def _restore_last(self, saved: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> None:
+        """Restore the checkpoint (``saved``: what :meth:`_saved_state` already read, else read it)."""
+        tensors, raw = saved or self._saved_state()
         record = raw.pop("last_record", None)
         if int(raw.get("world_size", 1)) != self.world.size:
             raise DiffrecError(f"cannot resume: {self.run.path} was trained by {raw.get('world_size', 1)} process(es), this is {self.world.size}; resume with as many")
@@ -211,7 +212,8 @@ class Trainer:
                 f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
                 "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
             )
-        _, state = self._saved_state()
+        checkpoint = self._saved_state()
+        state = checkpoint[1]
         done = int(state.get("epoch", 0))
         old, new = saved.train, self.config.train
         if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
@@ -224,7 +226,7 @@ class Trainer:
         recorded = self.run.dataset()
         if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
             raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
-        self._restore_last()
+        self._restore_last(checkpoint)
         if any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience")):
             self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget, a later LR decay or more patience for the same run
 
@@ -294,16 +296,18 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics of the current weights, through ``train.valid_reverse_sampler`` where set."""
-        own = getattr(self.model, "reverse_sampler", None)
-        if self._valid_sampler is not None:
-            self.model.reverse_sampler = self._valid_sampler
-        try:
+        def metrics() -> dict[str, float]:
             return evaluate(
                 self.model, self.data, "valid", self.config.eval, max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world
             ).metrics
+
+        if self._valid_sampler is None:
+            return metrics()
+        own, self.model.reverse_sampler = self.model.reverse_sampler, self._valid_sampler
+        try:
+            return metrics()
         finally:
-            if self._valid_sampler is not None:
-                self.model.reverse_sampler = own
+            self.model.reverse_sampler = own
 
     def fit(self, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
         """Train (or ``resume``) the run and test its best model; see the module docstring.
@@ -435,8 +439,8 @@ class Trainer:
         best = self.run.file(ckpt.BEST)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(best), best)
         common = dict(max_len=self.config.model.max_len, device=self.device, show_progress=self.show_progress, world=self.world)
-        selected_by_own = self._valid_sampler is None  # else the best epoch's validation used another sampler
-        valid = (selected_by_own and self.state.best_valid) or evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
+        reusable = self._valid_sampler is None and self.state.best_valid  # else the best epoch was validated through another sampler
+        valid = self.state.best_valid if reusable else evaluate(self.model, self.data, "valid", self.config.eval, **common).metrics
         test = evaluate(self.model, self.data, "test", self.config.eval, **common).metrics
         final = {
             "valid": valid,
