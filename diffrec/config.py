@@ -81,6 +81,11 @@ class TrainConfig:
             raise DiffrecError(f"lr_gamma must be > 0, got {self.lr_gamma}")
 
 
+def step_lr(train: TrainConfig, epoch: int) -> float:
+    """StepLR: the base rate times gamma for every lr_step epochs completed (0-based epoch)."""
+    return train.lr * train.lr_gamma ** (epoch // train.lr_step)
+
+
 @dataclass
 class EvalConfig:
     """Evaluation protocol: leave-one-out, full-catalogue ranking."""

@@ -87,7 +87,8 @@ def run_one(
 ) -> dict[str, Any]:
     """Train ``config`` in ``run_dir`` or reuse, resume or extend the run there (module docstring);
     return its final metrics (``metrics.json``) with the wall time."""
-    from diffrec.trainer import RESUMABLE_CHANGES, Trainer
+    from diffrec.resume import RESUMABLE_CHANGES
+    from diffrec.trainer import Trainer
 
     run = ckpt.RunDir(run_dir)
     if run.file(ckpt.CONFIG).is_file():

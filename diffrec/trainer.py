@@ -3,8 +3,8 @@
 Follows the public code's procedure: validation every ``eval_every`` epochs,
 a new best model whenever any validation metric improves, stop after
 ``patience`` validations without improvement, then test the best model.
-Checkpoints are written atomically after every epoch so that ``resume``
-continues an interrupted run exactly where it stopped.
+A checkpoint is written atomically after every epoch so that ``resume``
+continues an interrupted run exactly where it stopped (:mod:`diffrec.resume`).
 
 Nothing is lost on the way. A run is written into a new or empty directory; an
 existing directory is replaced only with ``force`` and only when it is a diffrec run
@@ -17,50 +17,30 @@ checksums included, before it writes anything.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from diffrec import checkpoint as ckpt
+from diffrec import resume
 from diffrec.building import build_model, seed_everything, select_device, sequence_example_models
-from diffrec.config import RunConfig, TrainConfig
+from diffrec.config import RunConfig, step_lr
 from diffrec.data.batching import SequenceExamples, TrainExamples
 from diffrec.data.dataset import SequenceData
-from diffrec.distributed import all_sum, average_gradients, barrier, broadcast_object, gather_objects, shard, world_from_env
+from diffrec.distributed import all_sum, average_gradients, barrier, broadcast_object, shard, world_from_env
 from diffrec.errors import ConfigError, DiffrecError, TrainingDivergedError
 from diffrec.evaluation import evaluate
 from diffrec.files import make_dirs, remove_created, temp_sibling
 from diffrec.params import part_name
 from diffrec.progress import progress_bar
 from diffrec.registry import registry
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    step: int = 0
-    best: dict[str, float] = field(default_factory=dict)
-    best_epoch: int = 0
-    #: validation metrics of the saved best model (evaluation is seeded, so they need no re-run)
-    best_valid: dict[str, float] = field(default_factory=dict)
-    bad_evals: int = 0
-    stopped_early: bool = False
-    epoch_seconds: list[float] = field(default_factory=list)
-    examples_per_second: list[float] = field(default_factory=list)
-    #: wall time of each completed epoch (training, validation, checkpoint), across invocations
-    epoch_wall_seconds: list[float] = field(default_factory=list)
-    #: processes that trained the run (torchrun); a resume needs as many
-    world_size: int = 1
-
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -111,7 +91,7 @@ class Trainer:
         if len(self.examples) == 0:
             raise DiffrecError("the data has no training examples (every user has fewer than 4 interactions)")
         self.rng = np.random.default_rng(config.train.seed)
-        self.state = TrainState()
+        self.state = resume.TrainState()
         self._valid_sampler = self._validation_sampler(config)
 
     # ------------------------------------------------------------- helpers
@@ -123,72 +103,13 @@ class Trainer:
         return lr
 
     def _save_last(self, record: dict[str, Any]) -> None:
-        """The checkpoint after an epoch: weights, optimizer, random states and the trainer state
-        in one atomic file (``last.safetensors``), then a readable copy of the state and the
-        epoch's line of ``metrics.jsonl`` (which a resume writes again if a kill lost it)."""
-        states = gather_objects(torch.get_rng_state(), self.world)  # every process's random state
-        if not self.world.main:
-            return
-        tensors = ckpt.model_tensors(self.model)
-        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
-        tensors.update(opt_tensors)
-        tensors["rng.torch"] = states[0]
-        tensors.update({f"rng.torch.rank{r}": state for r, state in enumerate(states) if r})
-        if self.device.type == "cuda":  # so that a resumed CUDA run draws what the straight run would have
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        state = dict(self.state.__dict__)
-        state["world_size"] = self.world.size
-        state["optimizer"] = opt_meta
-        state["numpy_rng"] = self.rng.bit_generator.state
-        state["last_record"] = record
-        ckpt.atomic_save_tensors(tensors, self.run.file(ckpt.LAST), metadata={ckpt.STATE_META: json.dumps(state, sort_keys=True, allow_nan=False)})
-        self.run.write_json(ckpt.STATE, state)
-        self.run.append_jsonl(ckpt.EPOCHS, record)
+        resume.save(self.run, record, state=self.state, model=self.model, optimizer=self.optimizer, rng=self.rng, world=self.world, device=self.device)
 
-    def _saved_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The checkpoint's tensors and the trainer state saved with them (inside ``last.safetensors``;
-        a checkpoint written before the state moved there pairs with ``trainer_state.json``)."""
-        tensors, meta = ckpt.load_tensors_and_metadata(self.run.file(ckpt.LAST))
-        if ckpt.STATE_META not in meta:
-            return tensors, self.run.read_json(ckpt.STATE)
-        try:
-            return tensors, json.loads(meta[ckpt.STATE_META])
-        except json.JSONDecodeError as exc:
-            raise DiffrecError(f"{self.run.file(ckpt.LAST)}: its trainer state is not valid JSON ({exc})") from None
-
-    def _repair_log(self, record: dict[str, Any] | None) -> None:
-        """Make ``metrics.jsonl`` end with the checkpoint's epoch again after a kill: drop a line
-        cut short while it was written, and add the checkpoint's own line if it never got there."""
-        log_file = self.run.file(ckpt.EPOCHS)
-        lines = [line for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() else []
-        kept = []
-        for line in lines:
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            kept.append(line)
-        last = json.loads(kept[-1]).get("epoch", 0) if kept else 0
-        if record is not None and last < self.state.epoch:
-            kept.append(json.dumps(record, sort_keys=True))
-        if kept != lines:
-            ckpt.atomic_write_text(log_file, "".join(line + "\n" for line in kept))
-
-    def _restore_last(self, saved: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> None:
-        """Restore the checkpoint (``saved``: what :meth:`_saved_state` already read, else read it)."""
-        tensors, raw = saved or self._saved_state()
-        record = raw.pop("last_record", None)
-        if int(raw.get("world_size", 1)) != self.world.size:
-            raise DiffrecError(f"cannot resume: {self.run.path} was trained by {raw.get('world_size', 1)} process(es), this is {self.world.size}; resume with as many")
-        ckpt.load_model_tensors(self.model, tensors, self.run.file(ckpt.LAST))
-        ckpt.load_optimizer(self.optimizer, tensors, raw.pop("optimizer"))
-        torch.set_rng_state(tensors["rng.torch" if self.world.main else f"rng.torch.rank{self.world.rank}"])
-        if self.device.type == "cuda" and "rng.cuda" in tensors and self.world.main:
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.rng.bit_generator.state = raw.pop("numpy_rng")
-        self.state = TrainState(**raw)
-        if self.world.main:
-            self._repair_log(record)
+    def _restore_last(self, saved: resume.Saved | None = None) -> None:
+        """Restore the checkpoint (``saved``: what :func:`resume.read` already read, else read it)."""
+        self.state = resume.restore(
+            self.run, saved or resume.read(self.run), model=self.model, optimizer=self.optimizer, rng=self.rng, world=self.world, device=self.device
+        )
 
     def _prepared(self, run_dir: pathlib.Path, resumed: bool) -> None:
         """Rank 0 tells the other processes where the run trains, once it is ready (torchrun)."""
@@ -197,37 +118,11 @@ class Trainer:
             self._announced = True
 
     def _prepare_resume(self) -> None:
-        """Check that the run in ``self.run`` can continue with this config, then restore it.
-
-        Everything is read and checked (config, data, weights and their checksums) before
-        the one write a resume may make: the config, when it grows the budget.
-        """
-        if not self.run.is_run():
-            raise DiffrecError(f"cannot resume: {self.run.path} is not a run directory")
-        if not self.run.file(ckpt.LAST).is_file():
-            raise DiffrecError(f"cannot resume: {self.run.path} has no {ckpt.LAST}")
-        saved = self.run.valid_config()  # both complete, so that a config from before settings were declared compares equal
-        if _without_budget(saved) != _without_budget(self.config):
-            raise DiffrecError(
-                f"cannot resume: the options differ from {self.run.file(ckpt.CONFIG)} "
-                "(only --epochs, --device, --threads, a larger --patience and a learning-rate step that leaves the epochs already run unchanged may change)"
-            )
-        checkpoint = self._saved_state()
-        state = checkpoint[1]
-        done = int(state.get("epoch", 0))
-        old, new = saved.train, self.config.train
-        if any(step_lr(old, e) != step_lr(new, e) for e in range(done)):
-            raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
-        if new.patience != old.patience:
-            if new.patience < old.patience or state.get("stopped_early"):
-                raise DiffrecError(
-                    f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early"
-                )
-        recorded = self.run.dataset()
-        if recorded.get("fingerprint") != ckpt.data_fingerprint(self.data):
-            raise DiffrecError(f"cannot resume: the data differs from the data of {self.run.path}")
+        """Check that the run in ``self.run`` can continue with this config (:func:`resume.check`),
+        then restore it; the one write before that is the config, when it grows the budget."""
+        checkpoint, grows = resume.check(self.run, self.config, self.data)
         self._restore_last(checkpoint)
-        if any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience")):
+        if grows:
             self.config.save(self.run.file(ckpt.CONFIG))  # a longer budget, a later LR decay or more patience for the same run
 
     def _start(self) -> None:
@@ -468,22 +363,3 @@ class Trainer:
 def staging_dir(target: pathlib.Path) -> pathlib.Path:
     """Where a ``--force`` replacement of ``target`` trains until it takes its place."""
     return target.with_name(f".{target.name}.diffrec-new")
-
-
-def step_lr(train: TrainConfig, epoch: int) -> float:
-    """StepLR: the base rate times gamma for every lr_step epochs completed (0-based epoch)."""
-    return train.lr * train.lr_gamma ** (epoch // train.lr_step)
-
-
-#: TrainConfig fields a resumed run may change: the epoch budget, the StepLR schedule (checked
-#: separately against the epochs already run), a larger patience for a run that has not stopped
-#: (the epochs run stay those of a straight run with it) and where it runs (device, threads).
-RESUMABLE_CHANGES = ("epochs", "lr_step", "lr_gamma", "patience", "device", "num_threads")
-
-
-def _without_budget(config: RunConfig) -> dict[str, Any]:
-    """The config minus what a resumed run may change (RESUMABLE_CHANGES)."""
-    raw = config.to_dict()
-    for key in RESUMABLE_CHANGES:
-        raw["train"].pop(key)
-    return raw

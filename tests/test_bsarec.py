@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffrec.models.bsarec  # noqa: F401  (registers "bsarec")
-from diffrec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig
+from diffrec.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, step_lr
 from diffrec.data import history_batch, make_synthetic
 from diffrec.data.batching import Batch
 from diffrec.data.synthetic import popularity_hr_at_k
@@ -18,7 +18,7 @@ from diffrec.models.bsarec import MASKED, FrequencyRescaler, attention_bias
 from diffrec.registry import list_parts
 from diffrec.reproduce import PRESETS, RECIPES, preset_config
 from diffrec.building import build_model, sequence_example_models
-from diffrec.trainer import Trainer, step_lr
+from diffrec.trainer import Trainer
 
 D, N, MAX_LEN = 16, 30, 8
 HISTORIES = [[3, 7, 1], [2], [5, 9, 30, 4], [8, 8], [11, 12, 13, 14, 15, 16, 17, 18]]

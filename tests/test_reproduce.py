@@ -8,7 +8,7 @@ from diffrec.errors import DiffrecError
 from diffrec.reproduce import PRESETS, RECIPES, markdown_table, paired_t_test, preset_config, reproduce
 from diffrec.registry import load_builtin_parts, registry
 from diffrec.building import build_model
-from diffrec.trainer import step_lr
+from diffrec.config import step_lr
 
 load_builtin_parts()
 
