@@ -83,8 +83,11 @@ class Trainer:
             torch.manual_seed(config.train.seed + self.world.rank)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
         if config.train.examples == "sequence" and not self.model.supports_sequence_examples:
+            hint = getattr(self.model, "sequence_examples_hint", None)
             raise ConfigError(
-                f"model {config.model.model!r} trains on prefix examples only; --examples sequence works with: {', '.join(sequence_example_models())}"
+                f"model {config.model.model!r} as configured trains on prefix examples only; {hint}"
+                if hint
+                else f"model {config.model.model!r} trains on prefix examples only; --examples sequence works with: {', '.join(sequence_example_models())}"
             )
         examples = SequenceExamples if config.train.examples == "sequence" else TrainExamples
         self.examples = examples(data, config.model.max_len)

@@ -215,10 +215,16 @@ def test_sequence_examples_shapes_and_gradients(name):
     assert grads and all(torch.isfinite(g).all() for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-@pytest.mark.parametrize("name", ["caser", "diffurec"])
-def test_prefix_only_models_refuse_sequence_examples(name, tmp_path):
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("caser", "'caser' trains on prefix examples only.*bert4rec, dreamrec, gru4rec, sasrec, stosa"),
+        ("diffurec", "'diffurec' as configured trains on prefix examples only; .*injection=own_position and a causal approximator"),
+    ],
+)
+def test_prefix_only_models_refuse_sequence_examples(name, message, tmp_path):
     config = RunConfig(model=ModelConfig(model=name, hidden_size=16, num_blocks=1, num_heads=2, max_len=8), train=TrainConfig(examples="sequence"))
-    with pytest.raises(ConfigError, match=f"{name!r} trains on prefix examples only.*bert4rec, dreamrec, gru4rec, sasrec, stosa"):
+    with pytest.raises(ConfigError, match=message):
         Trainer(config, make_synthetic(num_users=50, num_items=20, seed=0), tmp_path / "run", show_progress=False)
     assert not (tmp_path / "run").exists()
 

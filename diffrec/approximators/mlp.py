@@ -19,6 +19,11 @@ class MLPApproximator(Approximator):
         d = config.hidden_size
         self.net = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Dropout(config.dropout), nn.Linear(4 * d, d))
 
+    causal = True  # each position alone
+
     def forward(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
         last = z[:, -1, :]  # (B, d)
         return last + self.net(last)
+
+    def all_positions(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
+        return z + self.net(z)  # (B, L, d)

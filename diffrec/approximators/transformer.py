@@ -133,7 +133,21 @@ class TransformerApproximator(Approximator):
         self.last_block_output_only = last_block_output_only
         self.blocks = nn.ModuleList(Block(config.hidden_size, config.num_heads, config.dropout, dropout_rng) for _ in range(config.num_blocks))
 
+    @property
+    def causal(self) -> bool:
+        """With the causal mask (real keys at or before the query; padding rows are never read)."""
+        return self.mask_mode == "causal"
+
     def forward(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
+        return self._states(z, mask, pad_extra, last_only=self.last_block_output_only)[:, -1, :]  # (B, d)
+
+    def all_positions(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor) -> torch.Tensor:
+        if not self.causal:
+            return super().all_positions(z, mask, pad_extra)
+        return self._states(z, mask, pad_extra, last_only=False)  # (B, L, d)
+
+    def _states(self, z: torch.Tensor, mask: torch.Tensor, pad_extra: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """The blocks' output: (B, L, d), or (B, 1, d) when the last block runs for the last position only."""
         bias, pad_logits = attention_bias(mask, pad_extra, self.mask_mode)  # (B, 1, L, L), (B, 1, 1, L)
         real_rows = mask[:, None, :, None]  # (B, 1, L, 1)
         bias = torch.where(real_rows, bias, pad_logits).to(z.dtype)  # padding query rows: their replacement logits
@@ -141,5 +155,5 @@ class TransformerApproximator(Approximator):
         h = z
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            h = block(h, bias, real_rows, last_only=self.last_block_output_only and i == last)  # (B, L, d); (B, 1, d) if last only
-        return h[:, -1, :]
+            h = block(h, bias, real_rows, last_only=last_only and i == last)  # (B, L, d); (B, 1, d) if last only
+        return h

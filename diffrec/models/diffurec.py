@@ -13,6 +13,14 @@ to items by inner product (Eq. 21).
 On the diffusion base (:mod:`diffrec.models.diffusion`) DiffuRec supplies its two
 ideas: the condition is the encoded history itself, and the denoiser injects x_t into
 that history and lets the approximator reconstruct x_0.
+
+``injection = "own_position"`` (not in the paper) gives each history position the noised
+embedding of *its own* next item instead of the target's, z_i = e_i + lambda_i * (x_t^(i) + d_t^(i)),
+with a step t^(i) of its own. With a causal approximator, position i then sees the history up to
+i and a noised version of item i + 1 only, so that every position of a sequence trains at once
+(``--examples sequence``, as SASRec and BSARec train). For the last position (the prediction) x_t
+is the chain's current state; the history's positions carry their known next items noised at a
+random step, in training and at inference alike.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from diffrec.errors import ConfigError
 from diffrec.kernels import noise_inject
 from diffrec.layers import Dropout, DropoutRNG
 from diffrec.models.diffusion import DiffusionRecommender, DiffusionSettings
-from diffrec.params import PartRef, setting
+from diffrec.params import PartRef, part_name, setting
 from diffrec.registry import register, registry
 
 
@@ -58,6 +66,9 @@ class DiffuRecSettings(DiffusionSettings):
     x0_from_embedding: bool = setting(False, "the paper's extra step x_0 ~ q(x_0 | e) = N(sqrt(alpha_0) e, (1 - alpha_0) I)")
     dropout_rng: DropoutRNG = setting(
         "torch", "dropout masks from torch's generator (the reference) or a counter-based hash (same Bernoulli masks, cheaper)"
+    )
+    injection: Literal["all", "own_position"] = setting(
+        "all", "all: x_t into every history position (Eq. 13); own_position: each position its own next item noised (causal approximators; trains on sequence examples)"
     )
 
     def __post_init__(self) -> None:
@@ -88,6 +99,18 @@ class DiffuRec(DiffusionRecommender):
         self.approximator = registry("approximator").build(s.approximator, config=config, dropout_rng=s.dropout_rng)
         self.out_dropout = Dropout(config.dropout, s.dropout_rng)
         self.out_norm = nn.LayerNorm(d, eps=1e-12)
+        if s.injection == "own_position" and not self.approximator.causal:
+            causal = [name for name in registry("approximator").names() if getattr(registry("approximator").get(name), "causal", False) is True]
+            raise ConfigError(
+                f"injection=own_position needs a causal approximator: {', '.join(causal)}, or transformer with attention_mask=causal "
+                f"(got {part_name(s.approximator)} with attention_mask={s.attention_mask})"
+            )
+        # sequence examples train every position at once: with injection = own_position only (the
+        # class says False, so that lists of the models that always take them leave DiffuRec out)
+        self.supports_sequence_examples = s.injection == "own_position"
+
+    #: why a DiffuRec with the default injection refuses sequence examples
+    sequence_examples_hint = "DiffuRec trains on sequence examples with --set injection=own_position and a causal approximator (e.g. --set attention_mask=causal)"
 
     @property
     def trims_padding_exactly(self) -> bool:
@@ -110,14 +133,66 @@ class DiffuRec(DiffusionRecommender):
             h = h + self.pos_emb(pos)
         return self.emb_norm(self.emb_dropout(h))
 
-    def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor, batch: Batch, generator: torch.Generator | None = None, unconditional: bool = False) -> torch.Tensor:
-        """x0_hat = f_theta(history, x_t, t): x_t plus its step embedding, injected into the history: (B, d)."""
-        x = x_t + self.step_mlp(timestep_embedding(self.diffusion.scale_timesteps(t), x_t.shape[-1]))  # (B, d)
+    def training_pairs(self, batch: Batch) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Prefix examples: the history and the target. Sequence examples: the history with the
+        positions that have a next item, (h, real), and those items (n,)."""
+        if batch.next_items is None:
+            return self.condition(batch), batch.target
+        real = batch.next_items > 0  # (B, L)
+        return (self.condition(batch), real), batch.next_items[real]
+
+    def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, condition: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch: Batch, generator: torch.Generator | None = None, unconditional: bool = False) -> torch.Tensor:
+        """x0_hat = f_theta(history, x_t, t): x_t plus its step embedding, injected into the history: (B, d)
+        (sequence examples: (n, d), one per position with a next item)."""
+        x = x_t + self._step(t)  # (B, d) or (n, d)
+        if self.settings.injection == "own_position":
+            return self._denoise_own_position(x, condition, batch, generator)
         seed_device = generator.device if generator is not None else torch.device("cpu")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=seed_device))
         z = noise_inject(condition, x, self.settings.delta, seed, backend=self.backend)  # (B, L, d), Eq. 13
         rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
         return self.out_norm(self.out_dropout(rep))
+
+    def _step(self, t: torch.Tensor) -> torch.Tensor:
+        """The step embedding d_t: (n,) -> (n, d)."""
+        return self.step_mlp(timestep_embedding(self.diffusion.scale_timesteps(t), self.config.hidden_size))
+
+    def _denoise_own_position(self, x: torch.Tensor, condition: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        """``injection = own_position``: each position carries its own next item's noised embedding."""
+        if isinstance(condition, tuple):  # sequence examples: x holds every real position's own x_t + d_t
+            h, real = condition  # (B, L, d), (B, L)
+            own = torch.zeros_like(h).masked_scatter(real[..., None], x)  # (B, L, d)
+        else:  # the last position predicts; the history's positions carry their known next items
+            h, real = condition, None
+            own = torch.cat([self._teacher(batch, generator), x[:, None, :]], dim=1)  # (B, L, d)
+        lam = self._draw((*h.shape,), generator, h).mul_(self.settings.delta).add_(self.settings.delta)  # λ ~ N(δ, δ), (B, L, d)
+        z = h + lam * own  # Eq. 13 per position
+        if real is None:
+            rep = self.approximator(z, batch.mask, batch.pad_extra)  # (B, d)
+        else:
+            rep = self.approximator.all_positions(z, batch.mask, batch.pad_extra)[real]  # (n, d)
+        return self.out_norm(self.out_dropout(rep))
+
+    def _teacher(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        """The history positions' own inputs: item i + 1 noised at a uniform random step, plus its
+        step embedding, at every position whose next item is in the history (zeros elsewhere): (B, L - 1, d)."""
+        nxt = batch.seq[:, 1:]  # (B, L - 1): each position's next item; 0 where the position is padding
+        has_next = batch.seq[:, :-1] > 0  # (B, L - 1)
+        e = self.item_emb(nxt[has_next])  # (m, d)
+        t = self._randint(self.diffusion.num_steps, (e.shape[0],), generator, e.device)  # (m,)
+        x = self.diffusion.add_noise(e, self._draw(tuple(e.shape), generator, e), t) + self._step(t)  # (m, d)
+        return torch.zeros(*nxt.shape, e.shape[-1], device=e.device, dtype=e.dtype).masked_scatter(has_next[..., None], x)
+
+    @staticmethod
+    def _draw(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+        """Standard normals from ``generator`` (the global one when None), on ``like``'s device."""
+        where = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=where, dtype=like.dtype).to(like.device)
+
+    @staticmethod
+    def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        where = generator.device if generator is not None else device
+        return torch.randint(0, high, shape, generator=generator, device=where).to(device)
 
     def target_x0(self, targets: torch.Tensor) -> torch.Tensor:
         """x_0 from the target embedding: e itself (public code) or a draw from q(x_0 | e) (paper Eq. 15)."""
