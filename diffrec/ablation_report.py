@@ -117,7 +117,10 @@ def figures(summary: dict[str, Any], axes: list[tuple[str, list[str]]], out: pat
             image = ax.imshow([[math.nan if g is None else g for g in row] for row in grid], cmap="viridis", aspect="auto")
             for r, row in enumerate(grid):
                 for c, value in enumerate(row):
-                    ax.text(c, r, "refused" if value is None else f"{value:.2f}", ha="center", va="center", color="white", fontsize="small")
+                    if value is None:  # refused, untrained or without weights: the white of a missing value
+                        ax.text(c, r, "no result", ha="center", va="center", color="0.35", fontsize="small")
+                    else:
+                        ax.text(c, r, f"{value:.2f}", ha="center", va="center", color="white", fontsize="small")
             ax.set_xticks(range(len(v2)), v2)
             ax.set_yticks(range(len(v1)), v1)
             ax.set_xlabel(k2)
