@@ -75,6 +75,11 @@ PRESETS: dict[str, Preset] = {
         (("dropout_rng", "counter"), ("approximator", {"name": "transformer", "last_block_output_only": True})),
         "DiffuRec's function on the fast training path: counter-hash dropout masks, the last block for the output position only",
     ),
+    "diffurec-seq": Preset(
+        "diffurec",
+        (("attention_mask", "causal"), ("injection", "own_position")),
+        "variant: each history position carries its own next item noised, causal attention; trains on sequence examples too",
+    ),
     "sasrec": Preset("sasrec", (("loss", "bce"),), "SASRec, its paper's BCE with one sampled negative"),
     "sasrec-own": Preset(
         "sasrec",
@@ -217,17 +222,14 @@ def preset_config(name: str, dataset: str, recipe: str, seed: int, data_path: st
     if recipe not in RECIPES:
         raise DiffrecError(f"unknown recipe {recipe!r}; valid choices: {', '.join(RECIPES)}")
     preset = PRESETS[name]
-    if RECIPES[recipe]["train"].get("examples") == "sequence":
-        from diffrec.building import sequence_example_models
-
-        if preset.model not in sequence_example_models():
-            raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")
     config = RunConfig()
     config.model.model = preset.model
     declared = config.model.declared()
     recipe_model = {k: v for k, v in RECIPES[recipe]["model"].items() if k in declared}  # e.g. emb_init_std, for the models that have it
     for key, value in {**DATASET_SETTINGS[dataset], **recipe_model, **dict(preset.overrides)}.items():
         setattr(config.model, key, dict(value) if isinstance(value, dict) else value)
+    if RECIPES[recipe]["train"].get("examples") == "sequence" and not config.model.model_class().takes_sequence_examples(config.model):
+        raise DiffrecError(f"recipe {recipe!r} trains a target at every position, which model preset {name!r} does not support")
     for key, value in RECIPES[recipe]["train"].items():
         setattr(config.train, key, value)
     config.train.seed = seed

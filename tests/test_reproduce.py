@@ -144,11 +144,14 @@ def test_presets_and_errors():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_builds_under_every_recipe(name, recipe):
     sequence = RECIPES[recipe]["train"].get("examples") == "sequence"
-    if sequence and not registry("model").get(PRESETS[name].model).supports_sequence_examples:
+    settings = preset_config(name, "toys", "paper", 3, "x").model  # the preset's model, on prefix examples
+    if sequence and not registry("model").get(PRESETS[name].model).takes_sequence_examples(settings):
         with pytest.raises(DiffrecError, match="does not support"):
             preset_config(name, "toys", recipe, 3, "x")
         return
     config = preset_config(name, "toys", recipe, 3, "x")
+    if sequence:  # and the model built from it takes them, as the trainer will ask
+        assert build_model(config, 10).supports_sequence_examples
     assert config.model.model == PRESETS[name].model and config.train.seed == 3
     for key, value in RECIPES[recipe]["train"].items():
         assert getattr(config.train, key) == value

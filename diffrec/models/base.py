@@ -48,6 +48,12 @@ class Recommender(nn.Module):
         self.settings = config.model_settings()
 
     @classmethod
+    def takes_sequence_examples(cls, config: ModelConfig) -> bool:
+        """Whether the model built from ``config`` trains on sequence examples (a model whose
+        settings decide it overrides this; ``supports_sequence_examples`` says "whatever the settings")."""
+        return cls.supports_sequence_examples
+
+    @classmethod
     def settings_params(cls) -> dict[str, Param]:
         """The settings the model declares, for checks, ``--set`` and ``diffrec list --params``."""
         return settings_params(cls.Settings)

@@ -105,9 +105,13 @@ class DiffuRec(DiffusionRecommender):
                 f"injection=own_position needs a causal approximator: {', '.join(causal)}, or transformer with attention_mask=causal "
                 f"(got {part_name(s.approximator)} with attention_mask={s.attention_mask})"
             )
-        # sequence examples train every position at once: with injection = own_position only (the
-        # class says False, so that lists of the models that always take them leave DiffuRec out)
-        self.supports_sequence_examples = s.injection == "own_position"
+        self.supports_sequence_examples = self.takes_sequence_examples(config)
+
+    @classmethod
+    def takes_sequence_examples(cls, config: ModelConfig) -> bool:
+        """Sequence examples train every position at once: with ``injection = own_position`` only
+        (so the class says False, and lists of the models that always take them leave DiffuRec out)."""
+        return config.injection == "own_position"
 
     #: why a DiffuRec with the default injection refuses sequence examples
     sequence_examples_hint = "DiffuRec trains on sequence examples with --set injection=own_position and a causal approximator (e.g. --set attention_mask=causal)"
