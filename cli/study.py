@@ -38,20 +38,21 @@ def ablate(
     from rich.table import Table
 
     from diffrec import ablate as ab
+    from diffrec import ablation_grid as grid_of
     from diffrec.ablation_report import figures, markdown
     from diffrec.files import atomic_write
 
-    axes = ab.parse_grid(list(grid))
+    axes = grid_of.parse_grid(list(grid))
     if jobs < 1:
         raise DiffrecError("--jobs must be >= 1")
     seed_list = sorted(set(seed)) if seed else [1997 + i for i in range(seeds)]
     if seeds < 1:
         raise DiffrecError("--seeds must be >= 1")
     per_job = None if threads is None else max(1, threads // jobs)
-    base_cfg = ab.base_config(data, base, recipe, list(set_), epochs, per_job)
-    cells = ab.build_cells(base_cfg, axes)
-    ref = ab.parse_reference(reference, axes)
-    trainings = len({ab.slug(c.train) for c in cells if c.refused is None}) * len(seed_list)
+    base_cfg = grid_of.base_config(data, base, recipe, list(set_), epochs, per_job)
+    cells = grid_of.build_cells(base_cfg, axes)
+    ref = grid_of.parse_reference(reference, axes)
+    trainings = len({grid_of.slug(c.train) for c in cells if c.refused is None}) * len(seed_list)
     if trainings > ab.LARGE_GRID and not yes and not no_train:
         raise DiffrecError(f"the grid needs {trainings} trainings; pass --yes to run more than {ab.LARGE_GRID}")
     log = (lambda line: console.print(line, highlight=False, soft_wrap=True))
