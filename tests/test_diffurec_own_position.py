@@ -198,10 +198,10 @@ def test_learns_the_planted_structure_from_sequence_examples(tmp_path):
     """Trained on sequence examples (every position at once), DiffuRec with its own-position
     injection beats popularity by a wide margin within a few epochs."""
     data = make_synthetic(num_users=1500, num_items=300, seed=0)
-    settings = {"attention_mask": "causal", "injection": "own_position", "emb_init_std": 0.05}
+    settings = {"attention_mask": "causal", "injection": "own_position", "emb_init_std": 0.05, "diffusion_steps": 8}  # 8 steps: a cheaper evaluation
     config = RunConfig(
         model=ModelConfig(model="diffurec", hidden_size=64, num_blocks=2, num_heads=2, max_len=20, settings=settings),
-        train=TrainConfig(epochs=8, eval_every=4, batch_size=64, examples="sequence"),
+        train=TrainConfig(epochs=4, eval_every=4, batch_size=64, examples="sequence"),
         eval=EvalConfig(batch_size=256),
     )
     trainer = Trainer(config, data, tmp_path / "run", show_progress=False)
