@@ -82,7 +82,7 @@ class Trainer:
         if self.world.distributed:  # the same weights everywhere, other dropout and noise per process
             torch.manual_seed(config.train.seed + self.world.rank)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-        if config.train.examples == "sequence" and not self.model.supports_sequence_examples:
+        if config.train.examples == "sequence" and not self.model.takes_sequence_examples(config.model):
             hint = getattr(self.model, "sequence_examples_hint", None)
             raise ConfigError(
                 f"model {config.model.model!r} as configured trains on prefix examples only; {hint}"

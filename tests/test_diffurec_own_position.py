@@ -189,8 +189,8 @@ def test_own_position_needs_a_causal_approximator():
 
 def test_the_default_injection_takes_no_sequence_examples():
     config = ModelConfig(model="diffurec", hidden_size=D, num_blocks=1, num_heads=2, max_len=10, settings={"attention_mask": "causal"})
-    assert build_model(RunConfig(model=config), N).supports_sequence_examples is False
-    assert model().supports_sequence_examples is True
+    assert build_model(RunConfig(model=config), N).takes_sequence_examples(config) is False
+    assert model().takes_sequence_examples(model().config) is True
 
 
 @pytest.mark.slow

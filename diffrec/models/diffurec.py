@@ -105,7 +105,6 @@ class DiffuRec(DiffusionRecommender):
                 f"injection=own_position needs a causal approximator: {', '.join(causal)}, or transformer with attention_mask=causal "
                 f"(got {part_name(s.approximator)} with attention_mask={s.attention_mask})"
             )
-        self.supports_sequence_examples = self.takes_sequence_examples(config)
 
     @classmethod
     def takes_sequence_examples(cls, config: ModelConfig) -> bool:
