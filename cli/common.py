@@ -12,10 +12,12 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Callable
 from typing import Any, Optional, TypeVar
 
 import typer
+from typer.core import TyperCommand
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -82,9 +84,33 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_CHOICES = re.compile(r"<choices of ([a-z_]+)>")
+
+
 def choices(kind: str) -> str:
-    load_builtin_parts()
-    return "Choices: " + ", ".join(registry(kind).names()) + " (plus parts registered by --plugin)."
+    """An option's help naming the registered parts of ``kind``, filled in only when help is shown
+    (by :class:`PartsHelp`), so that starting ``diffrec`` never imports the parts (and torch)."""
+    return f"<choices of {kind}>"
+
+
+def _expand_choices(text: str) -> str:
+    def names(match: re.Match[str]) -> str:
+        load_builtin_parts()
+        return "Choices: " + ", ".join(registry(match.group(1)).names()) + " (plus parts registered by --plugin)."
+
+    return _CHOICES.sub(names, text)
+
+
+class PartsHelp(TyperCommand):
+    """A command whose option help lists registered parts (``choices``): the lists are read from the
+    registry when the help is formatted, not when the command is built."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            help_text = getattr(param, "help", None)
+            if help_text and _CHOICES.search(help_text):
+                param.help = _expand_choices(help_text)
+        super().format_help(ctx, formatter)
 
 
 def dump_json(obj: Any) -> str:

@@ -22,6 +22,7 @@ from diffrec.cli.common import (
     DATA_OPTIONS,
     SET_HELP,
     THREADS_HELP,
+    PartsHelp,
     app,
     choices,
     console,
@@ -117,7 +118,7 @@ def build_config(config_file: Optional[pathlib.Path], plugins: list[str], overri
     return config.validate()  # unknown parts, settings and values fail before anything is written
 
 
-@app.command()
+@app.command(cls=PartsHelp)
 @handle_errors
 @with_data_options
 def train(
@@ -240,7 +241,7 @@ def describe_model(m) -> str:
 # --------------------------------------------------------------------------- evaluate
 
 
-@app.command()
+@app.command(cls=PartsHelp)
 @handle_errors
 def evaluate(
     checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),

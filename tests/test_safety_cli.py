@@ -373,10 +373,37 @@ def test_usage_errors_are_one_line(tmp_path, args, fragments):
 
 
 def test_help_and_bare_groups_still_print_help():
-    proc = diffrec("train", "--help")
+    from diffrec.registry import load_builtin_parts, registry
+
+    load_builtin_parts()
+    wide = lambda *args: subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=120, env=env(COLUMNS="400"))  # noqa: E731
+    proc = wide("train", "--help")
     assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
+    for kind in ("model", "approximator", "schedule", "loss", "rounding", "timestep_sampler", "reverse_sampler"):
+        assert "Choices: " + ", ".join(registry(kind).names()) in proc.stdout, kind  # filled in from the registry
+    assert "<choices of" not in proc.stdout
+    proc = wide("evaluate", "--help")
+    assert "Choices: " + ", ".join(registry("reverse_sampler").names()) in proc.stdout and "<choices of" not in proc.stdout
     proc = diffrec("data")
     assert "prepare" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_and_usage_errors_start_without_torch():
+    """`diffrec --help`, a command's help without part lists and a usage error never import torch
+    (seconds at every start); the part lists are read from the registry only when shown."""
+    probe = (
+        "import sys\n"
+        "from diffrec.cli.main import main\n"
+        "sys.argv = ['diffrec', *sys.argv[1:]]\n"
+        "try:\n    main()\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["data", "--help"], ["ablate", "--help"], ["train", "--epochs", "many"], ["nosuchcommand"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, env=env())
+        assert "TORCH False" in proc.stderr, (args, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", probe, "train", "--help"], capture_output=True, text=True, timeout=120, env=env())
+    assert "TORCH True" in proc.stderr and "Choices: " in proc.stdout  # the part lists need the registry
 
 
 def test_output_into_a_closed_pipe_and_an_interrupt_print_no_traceback(tmp_path):
