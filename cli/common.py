@@ -36,8 +36,25 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=True)
 bench_app = typer.Typer(help="Microbenchmarks.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(bench_app, name="bench")
+#: the sections of ``diffrec --help``
+MODEL_PANEL, STUDY_PANEL, PARTS_PANEL = "Train and use a model", "Studies", "Parts, data and kernels"
+app.add_typer(data_app, name="data", rich_help_panel=PARTS_PANEL)
+app.add_typer(bench_app, name="bench", rich_help_panel=PARTS_PANEL)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from diffrec import __version__
+
+        console.print(f"diffrec {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print diffrec's version and exit."),
+) -> None:
+    """Diffusion models for sequential recommendation."""
 
 #: under torchrun only rank 0 prints results and progress (every rank still reports its errors)
 console = Console(quiet=int(os.environ.get("RANK", "0")) > 0)

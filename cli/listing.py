@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from diffrec.cli.common import app, console, handle_errors
+from diffrec.cli.common import PARTS_PANEL, app, console, handle_errors
 from diffrec.registry import KINDS, load_builtin_parts, load_plugin, registry
 
 
-@app.command("list")
+@app.command("list", rich_help_panel=PARTS_PANEL)
 @handle_errors
 def list_cmd(
     plugin: list[str] = typer.Option([], "--plugin", help="Also import these plugin modules."),

@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import typer
 
-from diffrec.cli import data_cmds, listing, recommend, results, study  # noqa: F401  (register their commands)
 from diffrec.cli.common import (
     DATA_OPTIONS,
+    MODEL_PANEL,
     SET_HELP,
     THREADS_HELP,
     PartsHelp,
@@ -118,7 +118,7 @@ def build_config(config_file: Optional[pathlib.Path], plugins: list[str], overri
     return config.validate()  # unknown parts, settings and values fail before anything is written
 
 
-@app.command(cls=PartsHelp)
+@app.command(cls=PartsHelp, rich_help_panel=MODEL_PANEL)
 @handle_errors
 @with_data_options
 def train(
@@ -241,7 +241,7 @@ def describe_model(m) -> str:
 # --------------------------------------------------------------------------- evaluate
 
 
-@app.command(cls=PartsHelp)
+@app.command(cls=PartsHelp, rich_help_panel=MODEL_PANEL)
 @handle_errors
 def evaluate(
     checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),
@@ -332,6 +332,10 @@ def _item_names(dataset, items) -> list[str]:
     if dataset.item_ids is None:
         return [str(int(i)) for i in items]
     return [dataset.item_ids[int(i)] for i in items]
+
+
+# the other commands register after train and evaluate, so that help lists them in this order
+from diffrec.cli import recommend, study, results, listing, data_cmds  # noqa: E402,F401
 
 
 def _click_classes() -> tuple[type, tuple, type]:

@@ -7,11 +7,11 @@ import pathlib
 import typer
 from rich.table import Table
 
-from diffrec.cli.common import SET_HELP, THREADS_HELP, app, console, dump_json, handle_errors, load_checkpoint, use_threads
+from diffrec.cli.common import MODEL_PANEL, SET_HELP, THREADS_HELP, app, console, dump_json, handle_errors, load_checkpoint, use_threads
 from diffrec.errors import DiffrecError
 
 
-@app.command()
+@app.command(rich_help_panel=MODEL_PANEL)
 @handle_errors
 def recommend(
     checkpoint: pathlib.Path = typer.Option(..., help="A run directory written by `diffrec train`."),

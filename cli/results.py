@@ -8,12 +8,12 @@ from typing import Optional
 
 import typer
 
-from diffrec.cli.common import app, bench_app, console, handle_errors
+from diffrec.cli.common import STUDY_PANEL, app, bench_app, console, handle_errors
 from diffrec.errors import DiffrecError
 from diffrec.registry import load_builtin_parts, registry
 
 
-@app.command()
+@app.command(rich_help_panel=STUDY_PANEL)
 @handle_errors
 def reproduce(
     dataset: str = typer.Option(..., help="beauty, toys or ml-1m."),
@@ -136,7 +136,7 @@ def _with_reference(summary: dict, reference: str | None, path: pathlib.Path | N
     return {**summary, "models": {key: external, **summary["models"]}}, key
 
 
-@app.command()
+@app.command(rich_help_panel=STUDY_PANEL)
 @handle_errors
 def plot(
     run: list[pathlib.Path] = typer.Option([], "--run", help="A run directory; repeat to overlay several runs."),
@@ -147,8 +147,12 @@ def plot(
     out: Optional[pathlib.Path] = typer.Option(None, help="PNG file (default with one run: RUN/curves.png; with --summary or one --sweep: beside it, .png)."),
     force: bool = typer.Option(False, "--force", help="Replace the PNG (only one that diffrec drew)."),
 ) -> None:
-    """Plot training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid;
-    a reproduction summary's test HR@10/NDCG@10 per model against the paper's; or evaluation sweeps."""
+    """Plot runs' training curves, a reproduction summary against the paper, sweeps or the noise schedules.
+
+    --run: training loss and validation HR@10/NDCG@10 per epoch, of one run or several overlaid;
+    --summary: a reproduction summary's test HR@10/NDCG@10 per model against the paper's;
+    --sweep: evaluation sweeps; --schedules: alpha-bar of every registered schedule.
+    """
     from diffrec.files import check_overwrite
     from diffrec.plots import is_diffrec_png, plot_runs, plot_summary, plot_sweeps
     from diffrec.sweep import load_sweep

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from diffrec.cli.common import THREADS_HELP, app, console, handle_errors, use_threads
+from diffrec.cli.common import STUDY_PANEL, THREADS_HELP, app, console, handle_errors, use_threads
 from diffrec.errors import DiffrecError
 
 
-@app.command()
+@app.command(rich_help_panel=STUDY_PANEL)
 @handle_errors
 def ablate(
     data: str = typer.Option("synthetic", help="Dataset file or folder (or 'synthetic')."),
@@ -81,7 +81,7 @@ def ablate(
 
 
 
-@app.command()
+@app.command(rich_help_panel=STUDY_PANEL)
 @handle_errors
 def analyze(
     checkpoint: list[pathlib.Path] = typer.Option([], "--checkpoint", help="A run directory; repeat to compare several runs on the same data."),

@@ -135,6 +135,30 @@ def test_nan_loss_exits_cleanly(tmp_path):
     assert not out.exists()
 
 
+def test_version_matches_the_package_metadata():
+    import re
+
+    from diffrec import __version__
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1) == __version__
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"diffrec {__version__}"
+
+
+def test_help_lists_every_command_in_its_section():
+    result = run("--help")
+    assert result.exit_code == 0
+    text = result.output
+    sections = ["Train and use a model", "Studies", "Parts, data and kernels"]
+    assert all(s in text for s in sections)
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert {"train", "evaluate", "recommend", "reproduce", "ablate", "analyze", "plot", "list", "data", "bench"} <= set(commands)
+    for name in commands:
+        assert f" {name} " in text, name
+    assert text.index(" train ") < text.index(" evaluate ") < text.index("Studies") < text.index(" ablate ") < text.index("Parts, data")
+
+
 def test_console_script_error_is_one_line(tmp_path):
     exe = shutil.which("diffrec")
     cmd = [exe] if exe else [sys.executable, "-m", "diffrec.cli.main"]

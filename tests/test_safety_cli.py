@@ -399,7 +399,7 @@ def test_help_and_usage_errors_start_without_torch():
         "except SystemExit:\n    pass\n"
         "print('TORCH', 'torch' in sys.modules, file=sys.stderr)\n"
     )
-    for args in (["--help"], ["data", "--help"], ["ablate", "--help"], ["train", "--epochs", "many"], ["nosuchcommand"]):
+    for args in (["--help"], ["--version"], ["data", "--help"], ["ablate", "--help"], ["train", "--epochs", "many"], ["nosuchcommand"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, env=env())
         assert "TORCH False" in proc.stderr, (args, proc.stderr)
     proc = subprocess.run([sys.executable, "-c", probe, "train", "--help"], capture_output=True, text=True, timeout=120, env=env())
