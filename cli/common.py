@@ -23,9 +23,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from diffrec.errors import DiffrecError
+from diffrec.presets import recipe_names
 from diffrec.registry import load_builtin_parts, registry
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+RECIPE_HELP = f"Training recipe: {recipe_names()} (`diffrec reproduce --list-presets` prints what each sets)."
 
 app = typer.Typer(
     name="diffrec",

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from diffrec.cli.common import STUDY_PANEL, app, bench_app, console, handle_errors
+from diffrec.cli.common import RECIPE_HELP, STUDY_PANEL, app, bench_app, console, handle_errors
 from diffrec.errors import DiffrecError
 from diffrec.registry import load_builtin_parts, registry
 
@@ -16,11 +16,11 @@ from diffrec.registry import load_builtin_parts, registry
 @app.command(rich_help_panel=STUDY_PANEL)
 @handle_errors
 def reproduce(
-    dataset: str = typer.Option(..., help="beauty, toys or ml-1m."),
+    dataset: Optional[str] = typer.Option(None, help="beauty, toys or ml-1m (required unless --list-presets)."),
     models: str = typer.Option("diffurec,sasrec", help="Comma-separated model presets (see --list-presets)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds). Seeds accumulate in the table across invocations."),
-    recipe: str = typer.Option("paper", help="paper (the public code's schedule), fast (named convergence options), long (fast with 27 epochs before the decay), fast-2x (fast at learning rate 2e-3 after a 500-step warm-up), fast-b1024 (fast at the paper's batch of 1024) or sequence (SASRec's training: a target at every position; sasrec, gru4rec, stosa, dreamrec, and bert4rec's cloze over the whole window)."),
+    recipe: str = typer.Option("paper", help=RECIPE_HELP),
     data_root: pathlib.Path = typer.Option(pathlib.Path("../shared/datasets"), help="Folder holding beauty/, toys/, ml-1m/."),
     out: pathlib.Path = typer.Option(pathlib.Path("benchmarks/results"), help="Where runs and <dataset>.json go."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epoch budget."),
@@ -30,7 +30,7 @@ def reproduce(
     threads: Optional[int] = typer.Option(None, help="CPU threads."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and exit."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="Print the model presets and the recipes, with their settings, and exit."),
     table_only: bool = typer.Option(False, "--table-only", help="Print the table of OUT/<dataset>.json and exit (trains nothing)."),
     reference: Optional[str] = typer.Option(None, help="Table entry the printed t-tests compare against, e.g. diffurec@fast (default: DiffuRec of each entry's recipe)."),
     reference_summary: Optional[pathlib.Path] = typer.Option(
@@ -41,9 +41,19 @@ def reproduce(
     from diffrec import reproduce as rep
 
     if list_presets:
+        console.print("model presets:", highlight=False)
         for name, preset in rep.PRESETS.items():
-            console.print(f"{name:18s} {preset.description}", highlight=False)
+            console.print(f"  {name:18s} {preset.description}", highlight=False)
+        from diffrec.presets import RECIPE_PURPOSE, RECIPES, recipe_settings
+
+        console.print("recipes:", highlight=False)
+        for name in RECIPES:
+            console.print(f"  {name:18s} {RECIPE_PURPOSE[name]}: {recipe_settings(name)}", highlight=False, soft_wrap=True)
         return
+    if dataset is None:
+        raise DiffrecError("--dataset is required: beauty, toys or ml-1m")
+    if dataset not in rep.DATASETS:
+        raise DiffrecError(f"unknown dataset {dataset!r}; valid choices: {', '.join(rep.DATASETS)}")
     if reference_summary is not None and reference is None:
         raise DiffrecError("--reference-summary needs --reference, the entry of it to compare against")
     external = _reference_entry(reference_summary, reference) if reference_summary is not None else None

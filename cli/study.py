@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from diffrec.cli.common import STUDY_PANEL, THREADS_HELP, app, console, handle_errors, use_threads
+from diffrec.cli.common import RECIPE_HELP, STUDY_PANEL, THREADS_HELP, app, console, handle_errors, use_threads
 from diffrec.errors import DiffrecError
 
 
@@ -20,7 +20,7 @@ def ablate(
     grid: list[str] = typer.Option([], "--grid", help="An axis KEY=V1,V2,...: a part, a part's parameter, a model setting or a config field (repeatable; the cells are the cross product)."),
     seeds: int = typer.Option(1, help="Number of seeds (1997, 1998, ...)."),
     seed: Optional[list[int]] = typer.Option(None, "--seed", help="Run exactly this seed (repeatable; replaces --seeds)."),
-    recipe: str = typer.Option("paper", help="Training recipe (see `diffrec reproduce --help`): paper, fast, long, ..."),
+    recipe: str = typer.Option("paper", help=RECIPE_HELP),
     base: Optional[pathlib.Path] = typer.Option(None, help="A config.toml every cell starts from (default: the defaults)."),
     reference: Optional[str] = typer.Option(None, help="The cell the others are tested against, e.g. schedule=trunc_lin,approximator=transformer."),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE fixed for every cell (repeatable)."),

@@ -212,6 +212,31 @@ RECIPES["preferdiff"] = {
     "train": {"examples": "prefix", "batch_size": 256, "lr": 1e-4, "warmup_steps": 10000, "grad_clip": 1.0, "epochs": 150, "eval_every": 1, "patience": 10, "lr_step": 150},
 }
 
+#: What each recipe is for, in a few words; :func:`recipe_settings` lists what it sets.
+RECIPE_PURPOSE: dict[str, str] = {
+    "paper": "the public code's schedule",
+    "fast": "named convergence options",
+    "long": "fast with a longer stretch at the full learning rate",
+    "sequence": "SASRec's training: one example per user, a target at every position (the models that take sequence examples)",
+    "fast-2x": "fast at twice the learning rate, after a warm-up",
+    "fast-b1024": "fast at the paper's batch of 1024",
+    "bsarec": "BSARec's training",
+    "dreamrec": "DreamRec's training",
+    "preferdiff": "PreferDiff's training",
+}
+
+
+def recipe_settings(name: str) -> str:
+    """The settings a recipe changes from the defaults, e.g. ``epochs=21, lr_step=15``."""
+    recipe = RECIPES[name]
+    pairs = [*recipe["model"].items(), *recipe["train"].items()]
+    return ", ".join(f"{k}={v}" for k, v in pairs) or "the defaults"
+
+
+def recipe_names() -> str:
+    return ", ".join(RECIPES)
+
+
 #: Dataset-specific settings of the paper (max_len 200 for ML-1M).
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {"beauty": {"max_len": 50}, "toys": {"max_len": 50}, "ml-1m": {"max_len": 200}}
 

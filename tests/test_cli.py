@@ -190,8 +190,21 @@ def test_reproduce_and_bench_reject_bad_names(tmp_path):
     assert_clean_error(run("reproduce", "--dataset", "beauty", "--table-only", "--out", tmp_path), "not found")
     (tmp_path / "beauty.json").write_text("[1, 2]")
     assert_clean_error(run("reproduce", "--dataset", "beauty", "--table-only", "--out", tmp_path), "not a reproduction summary")
-    listing = run("reproduce", "--dataset", "beauty", "--list-presets")
+    assert_clean_error(run("reproduce", "--dataset", "movies", "--table-only", "--out", tmp_path), "unknown dataset 'movies'", "beauty, toys, ml-1m")
+    assert_clean_error(run("reproduce", "--table-only", "--out", tmp_path), "--dataset is required")
+    listing = run("reproduce", "--list-presets")  # needs no --dataset
     assert listing.exit_code == 0 and "diffurec-lambda0" in listing.stdout
+    from diffrec.presets import PRESETS, RECIPE_PURPOSE, RECIPES, recipe_settings
+
+    assert set(RECIPE_PURPOSE) == set(RECIPES)  # every recipe says what it is for
+    lines = listing.stdout.splitlines()
+    for name in RECIPES:  # each recipe with the settings it changes, read from the recipe itself
+        assert any(line.split()[:1] == [name] and line.rstrip().endswith(recipe_settings(name)) for line in lines), name
+    assert all(any(line.split()[:1] == [name] for line in lines) for name in PRESETS)
+    assert recipe_settings("fast") == "emb_init_std=0.05, epochs=21, eval_every=3, patience=2, lr_step=15"
+    for command in ("reproduce", "ablate"):  # the help names every recipe
+        text = " ".join(run(command, "--help").stdout.replace("│", " ").split())  # the panel's borders out of the wrapped lines
+        assert all(f"{name}," in text or f"{name} (" in text for name in RECIPES), command
     assert_clean_error(run("bench", "kernels", "--op", "matmul"), "unknown op 'matmul'")
 
 
