@@ -105,6 +105,8 @@ def handle_errors(func: F) -> F:
 
 
 _CHOICES = re.compile(r"<choices of ([a-z_]+)>")
+#: an option's help naming the models that train on sequence examples, filled in as ``choices`` is
+SEQUENCE_MODELS = "<models taking sequence examples>"
 
 
 def choices(kind: str) -> str:
@@ -118,6 +120,11 @@ def _expand_choices(text: str) -> str:
         load_builtin_parts()
         return "Choices: " + ", ".join(registry(match.group(1)).names()) + " (plus parts registered by --plugin)."
 
+    if SEQUENCE_MODELS in text:
+        from diffrec.building import sequence_example_models
+
+        hints = [getattr(registry("model").get(name), "sequence_examples_hint", "") for name in registry("model").names()]
+        text = text.replace(SEQUENCE_MODELS, "; ".join([", ".join(sequence_example_models()), *filter(None, hints)]))
     return _CHOICES.sub(names, text)
 
 
@@ -128,7 +135,7 @@ class PartsHelp(TyperCommand):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         for param in self.params:
             help_text = getattr(param, "help", None)
-            if help_text and _CHOICES.search(help_text):
+            if help_text and (_CHOICES.search(help_text) or SEQUENCE_MODELS in help_text):
                 param.help = _expand_choices(help_text)
         super().format_help(ctx, formatter)
 

@@ -20,6 +20,7 @@ import typer
 from diffrec.cli.common import (
     DATA_OPTIONS,
     MODEL_PANEL,
+    SEQUENCE_MODELS,
     SET_HELP,
     THREADS_HELP,
     PartsHelp,
@@ -165,7 +166,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Training seed (1997)."),
     bucketing: Optional[bool] = typer.Option(None, "--bucketing/--no-bucketing", help="Length buckets with trimmed padding (on)."),
     examples: Optional[str] = typer.Option(
-        None, help="Training examples: prefix (every prefix, one target; default) or sequence (one per user, a target at every position: SASRec's training; sasrec, gru4rec, stosa; bert4rec cloze-masks the whole window)."
+        None, help=f"Training examples: prefix (every prefix, one target; default) or sequence (one per user, a target at every position: SASRec's training; {SEQUENCE_MODELS})."
     ),
     device: Optional[str] = typer.Option(None, help="auto (CUDA when present), cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (0 = torch default)."),

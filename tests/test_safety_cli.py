@@ -381,7 +381,10 @@ def test_help_and_bare_groups_still_print_help():
     assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
     for kind in ("model", "approximator", "schedule", "loss", "rounding", "timestep_sampler", "reverse_sampler"):
         assert "Choices: " + ", ".join(registry(kind).names()) in proc.stdout, kind  # filled in from the registry
-    assert "<choices of" not in proc.stdout
+    assert "<choices of" not in proc.stdout and "<models taking" not in proc.stdout
+    from diffrec.building import sequence_example_models
+
+    assert "SASRec's training; " + ", ".join(sequence_example_models()) + "; DiffuRec trains on sequence examples with" in " ".join(proc.stdout.split())
     proc = wide("evaluate", "--help")
     assert "Choices: " + ", ".join(registry("reverse_sampler").names()) in proc.stdout and "<choices of" not in proc.stdout
     proc = diffrec("data")
