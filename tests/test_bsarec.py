@@ -316,3 +316,47 @@ def test_learns_the_planted_structure(tmp_path):
     assert epochs[-1]["loss"] < epochs[0]["loss"] - 0.5, [e["loss"] for e in epochs]
     baseline = max(100 * 10 / data.num_items, 100 * popularity_hr_at_k(data, 10))  # random 10 %, popularity about 19 % here
     assert final["valid"]["HR@10"] > baseline + 20, (final["valid"], baseline)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.6])
+def test_the_causal_low_pass_is_the_decayed_mean_of_the_real_past(decay):
+    """bsarec_causal's filter: position p holds sum gamma^(p-s) x_s / sum gamma^(p-s) over the real
+    s <= p (the running mean for gamma = 1), zero at padding, and no padding value reaches it."""
+    from diffrec.approximators.bsarec_causal import CausalRescaler
+
+    rescaler = CausalRescaler(3, decay, 0.0)
+    x = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mask = torch.tensor([[False, False, True, True, True, True], [False, False, False, False, True, True]])
+    low = rescaler.low_pass(x, mask)
+    for b in range(2):
+        for p in range(6):
+            past = [s for s in range(p + 1) if mask[b, s]]
+            if not past:
+                assert (low[b, p] == 0).all()
+                continue
+            w = torch.tensor([decay ** (p - s) for s in past], dtype=x.dtype)
+            torch.testing.assert_close(low[b, p], (w[:, None] * x[b, past]).sum(0) / w.sum())
+    if decay == 1.0:
+        first = 2
+        torch.testing.assert_close(low[0, first:], x[0, first:].cumsum(0) / torch.arange(1, 5, dtype=x.dtype)[:, None])
+    noisy = x.clone()
+    noisy[~mask] = 1e3
+    torch.testing.assert_close(rescaler.low_pass(noisy, mask)[mask], low[mask])
+    with pytest.raises(ConfigError, match="decay must lie in"):
+        build_model(RunConfig(model=ModelConfig(model="diffurec", hidden_size=8, num_blocks=1, num_heads=1, max_len=6, settings={"approximator": {"name": "bsarec_causal", "decay": 0.0}})), 5)
+
+
+def test_the_causal_bsarec_positions_count_from_the_first_real_item():
+    """A history cut after p keeps its positions: with more left padding, every real state is the same."""
+    config = ModelConfig(model="diffurec", hidden_size=8, num_blocks=2, num_heads=2, max_len=8, settings={"approximator": "bsarec_causal"})
+    torch.manual_seed(0)
+    approx = build_model(RunConfig(model=config), 5).approximator.eval()
+    z = torch.randn(1, 5, 8)
+    mask = torch.tensor([[False, True, True, True, True]])
+    wider = torch.cat([torch.randn(1, 3, 8), z], 1)
+    wide_mask = torch.cat([torch.zeros(1, 3, dtype=torch.bool), mask], 1)
+    with torch.no_grad():
+        states = approx.all_positions(z, mask, torch.zeros(1, dtype=torch.long))
+        again = approx.all_positions(wider, wide_mask, torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(again[:, 3:][mask], states[mask], rtol=1e-5, atol=1e-6)
+    assert approx.causal and not type(approx).reads_padding

@@ -24,6 +24,11 @@ def approximators() -> list[str]:
     return registry("approximator").names()
 
 
+def causal_approximators() -> list[str]:
+    """The approximators that are causal as DiffuRec builds them with the causal attention mask."""
+    return [name for name in approximators() if causal_approximator(name).causal]
+
+
 def model(approximator: str = "transformer", **settings) -> torch.nn.Module:
     settings = {"approximator": approximator, "attention_mask": "causal", "injection": "own_position", "emb_init_std": 0.1, **settings}
     config = ModelConfig(model="diffurec", hidden_size=D, num_blocks=2, num_heads=2, max_len=10, settings=settings)
@@ -76,7 +81,7 @@ def test_the_official_and_key_padding_transformers_are_not_causal():
         assert not build_model(RunConfig(model=config), N).approximator.causal
 
 
-@pytest.mark.parametrize("approximator", ["transformer", "gru", "mlp"])
+@pytest.mark.parametrize("approximator", causal_approximators())
 def test_no_position_sees_its_future(approximator):
     """Position p's x0_hat depends on the history up to p and its own noised target only: rewriting
     the items after p (inputs and targets) changes no earlier prediction."""
@@ -103,7 +108,7 @@ def test_no_position_sees_its_future(approximator):
         assert not torch.allclose(again[~kept], base[~kept]), "the later positions do see the change"
 
 
-@pytest.mark.parametrize("approximator", ["transformer", "gru", "mlp"])
+@pytest.mark.parametrize("approximator", causal_approximators())
 def test_no_position_sees_a_later_target(approximator):
     """With x_t noised from the targets as in training, rewriting the sequence after item p + 1
     (position p's target) changes no prediction at positions <= p: no position is given a later
@@ -136,7 +141,7 @@ def test_no_position_sees_a_later_target(approximator):
         assert not torch.allclose(again[~kept], base[~kept])
 
 
-@pytest.mark.parametrize("approximator", ["transformer", "gru"])
+@pytest.mark.parametrize("approximator", causal_approximators())
 def test_each_positions_prediction_is_that_of_its_prefix(approximator):
     """With lambda = 0 (delta = 0) position j of a sequence example predicts what the history cut
     after j predicts as a prefix example: the pairs are aligned, one per real position."""
@@ -183,7 +188,9 @@ def test_the_history_positions_carry_their_own_next_items():
 def test_own_position_needs_a_causal_approximator():
     for settings in ({"injection": "own_position"}, {"injection": "own_position", "approximator": "bsarec"}):
         config = ModelConfig(model="diffurec", hidden_size=D, num_blocks=1, num_heads=2, max_len=10, settings=settings)
-        with pytest.raises(ConfigError, match="injection=own_position needs a causal approximator: gru, mlp, or transformer with attention_mask=causal"):
+        always = [name for name in approximators() if getattr(registry("approximator").get(name), "causal", False) is True]
+        assert {"gru", "mlp", "bsarec_causal"} <= set(always) and "transformer" not in always
+        with pytest.raises(ConfigError, match=f"injection=own_position needs a causal approximator: {', '.join(always)}, or transformer with attention_mask=causal"):
             build_model(RunConfig(model=config), N)
 
 

@@ -2,8 +2,9 @@
 
 from diffrec.approximators.base import Approximator
 from diffrec.approximators.bsarec import BSARecApproximator
+from diffrec.approximators.bsarec_causal import CausalBSARecApproximator
 from diffrec.approximators.gru import GRUApproximator
 from diffrec.approximators.mlp import MLPApproximator
 from diffrec.approximators.transformer import TransformerApproximator
 
-__all__ = ["Approximator", "BSARecApproximator", "GRUApproximator", "MLPApproximator", "TransformerApproximator"]
+__all__ = ["Approximator", "BSARecApproximator", "CausalBSARecApproximator", "GRUApproximator", "MLPApproximator", "TransformerApproximator"]

@@ -84,29 +84,30 @@ class FrequencyRescaler(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d, eps=1e-12)
 
-    def low_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """LFC[x]: the lowest ``bins`` frequencies along the sequence, back in time: (B, L, d)."""
+    def low_pass(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """LFC[x]: the lowest ``bins`` frequencies along the sequence (padding included; ``mask`` is
+        unused), back in time: (B, L, d)."""
         L = x.shape[1]
         spectrum = torch.fft.rfft(x.float(), dim=1, norm="ortho")  # (B, L // 2 + 1, d) complex
         keep = torch.arange(spectrum.shape[1], device=x.device) < self.bins  # (L // 2 + 1,)
         return torch.fft.irfft(spectrum * keep[None, :, None], n=L, dim=1, norm="ortho").to(x.dtype)  # (B, L, d)
 
-    def rescale(self, x: torch.Tensor) -> torch.Tensor:
+    def rescale(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """LFC[x] + beta^2 * HFC[x]: (B, L, d)."""
-        low = self.low_pass(x)
+        low = self.low_pass(x, mask)
         return low + self.sqrt_beta.pow(2) * (x - low)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.drop(self.rescale(x)))  # (B, L, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.norm(x + self.drop(self.rescale(x, mask)))  # (B, L, d)
 
 
 class BSARecBlock(nn.Module):
     """alpha * A_IB(x) + (1 - alpha) * A_SA(x), then the feed-forward sublayer (post-LN throughout)."""
 
-    def __init__(self, d: int, heads: int, c: int, alpha: float, dropout: float, attn_dropout: float) -> None:
+    def __init__(self, d: int, heads: int, c: int, alpha: float, dropout: float, attn_dropout: float, rescaler: nn.Module | None = None) -> None:
         super().__init__()
         self.alpha = alpha
-        self.rescaler = FrequencyRescaler(d, c, dropout)
+        self.rescaler = rescaler if rescaler is not None else FrequencyRescaler(d, c, dropout)  # another low-pass filter may stand in
         self.attn = SelfAttention(d, heads, attn_dropout)  # attn_dropout drops the attention weights
         self.attn_norm = nn.LayerNorm(d, eps=1e-12)
         self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -117,13 +118,14 @@ class BSARecBlock(nn.Module):
         """A_SA(x) = LayerNorm(x + Dropout(MHA(x))): (B, L, d)."""
         return self.attn_norm(x + self.drop(self.attn(x, bias)))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, L), True at real items, is passed to the rescaler (the DFT ignores it)."""
         if self.alpha == 0.0:  # a branch with weight zero is not computed
             mixed = self.self_attention(x, bias)
         elif self.alpha == 1.0:
-            mixed = self.rescaler(x)
+            mixed = self.rescaler(x, mask)
         else:
-            mixed = self.alpha * self.rescaler(x) + (1.0 - self.alpha) * self.self_attention(x, bias)  # (B, L, d)
+            mixed = self.alpha * self.rescaler(x, mask) + (1.0 - self.alpha) * self.self_attention(x, bias)  # (B, L, d)
         return self.ffn_norm(mixed + self.drop(self.ffn(mixed)))
 
 
