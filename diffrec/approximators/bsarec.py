@@ -29,6 +29,14 @@ from diffrec.models.bsarec import BSARecBlock, attention_bias
 from diffrec.registry import register
 
 
+def check_mix(name: str, alpha: float, attn_dropout: float) -> None:
+    """The checks every BSARec-layer approximator makes of its rescaler weight and attention dropout."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"{name} approximator: alpha must lie in [0, 1], got {alpha}")
+    if not 0.0 <= attn_dropout < 1.0:
+        raise ConfigError(f"{name} approximator: attn_dropout must lie in [0, 1), got {attn_dropout}")
+
+
 @register("approximator", "bsarec")
 class BSARecApproximator(Approximator):
     """BSARec layers (frequency rescaler beside causal self-attention, post-LN) over the noised history."""
@@ -46,10 +54,7 @@ class BSARecApproximator(Approximator):
         super().__init__(config)
         if c < 1:
             raise ConfigError(f"bsarec approximator: c must be >= 1, got {c}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"bsarec approximator: alpha must lie in [0, 1], got {alpha}")
-        if not 0.0 <= attn_dropout < 1.0:
-            raise ConfigError(f"bsarec approximator: attn_dropout must lie in [0, 1), got {attn_dropout}")
+        check_mix("bsarec", alpha, attn_dropout)
         d = config.hidden_size
         self.pos_emb = nn.Embedding(config.max_len, d)
         self.norm = nn.LayerNorm(d, eps=1e-12)

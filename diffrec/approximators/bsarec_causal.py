@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from diffrec.approximators.base import Approximator
+from diffrec.approximators.bsarec import check_mix
 from diffrec.config import ModelConfig
 from diffrec.errors import ConfigError
 from diffrec.models.bsarec import BSARecBlock, FrequencyRescaler, attention_bias
@@ -71,10 +72,7 @@ class CausalBSARecApproximator(Approximator):
         super().__init__(config)
         if not 0.0 < decay <= 1.0:
             raise ConfigError(f"bsarec_causal approximator: decay must lie in (0, 1], got {decay}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"bsarec_causal approximator: alpha must lie in [0, 1], got {alpha}")
-        if not 0.0 <= attn_dropout < 1.0:
-            raise ConfigError(f"bsarec_causal approximator: attn_dropout must lie in [0, 1), got {attn_dropout}")
+        check_mix("bsarec_causal", alpha, attn_dropout)
         d = config.hidden_size
         self.pos_emb = nn.Embedding(config.max_len, d)
         self.norm = nn.LayerNorm(d, eps=1e-12)
