@@ -41,14 +41,19 @@ def reproduce(
     from diffrec import reproduce as rep
 
     if list_presets:
-        console.print("model presets:", highlight=False)
-        for name, preset in rep.PRESETS.items():
-            console.print(f"  {name:18s} {preset.description}", highlight=False)
+        import textwrap
+
         from diffrec.presets import RECIPE_PURPOSE, RECIPES, recipe_settings
 
-        console.print("recipes:", highlight=False)
-        for name in RECIPES:
-            console.print(f"  {name:18s} {RECIPE_PURPOSE[name]}: {recipe_settings(name)}", highlight=False, soft_wrap=True)
+        for title, rows in (
+            ("model presets", {name: preset.description for name, preset in rep.PRESETS.items()}),
+            ("recipes", {name: f"{RECIPE_PURPOSE[name]}: {recipe_settings(name)}" for name in RECIPES}),
+        ):
+            width = 2 + max(map(len, rows)) + 2
+            print(f"{title}:")
+            for name, text in rows.items():  # a long description wraps under itself
+                lead = f"  {name}".ljust(width)
+                print(textwrap.fill(text, width=max(console.width, width + 30), initial_indent=lead, subsequent_indent=" " * width, break_on_hyphens=False))
         return
     if dataset is None:
         raise DiffrecError("--dataset is required: beauty, toys or ml-1m")

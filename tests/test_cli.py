@@ -197,10 +197,12 @@ def test_reproduce_and_bench_reject_bad_names(tmp_path):
     from diffrec.presets import PRESETS, RECIPE_PURPOSE, RECIPES, recipe_settings
 
     assert set(RECIPE_PURPOSE) == set(RECIPES)  # every recipe says what it is for
-    lines = listing.stdout.splitlines()
+    text = " ".join(listing.stdout.split())  # a long description wraps under itself, indented past the names
     for name in RECIPES:  # each recipe with the settings it changes, read from the recipe itself
-        assert any(line.split()[:1] == [name] and line.rstrip().endswith(recipe_settings(name)) for line in lines), name
-    assert all(any(line.split()[:1] == [name] for line in lines) for name in PRESETS)
+        assert f" {name} {RECIPE_PURPOSE[name]}: {recipe_settings(name)} " in f"{text} ", name
+    for name, preset in PRESETS.items():
+        assert f" {name} {preset.description} " in f" {text} ", name
+    assert all(line == line.rstrip() for line in listing.stdout.splitlines())
     assert recipe_settings("fast") == "emb_init_std=0.05, epochs=21, eval_every=3, patience=2, lr_step=15"
     for command in ("reproduce", "ablate"):  # the help names every recipe
         text = " ".join(run(command, "--help").stdout.replace("│", " ").split())  # the panel's borders out of the wrapped lines
