@@ -199,7 +199,7 @@ def test_reproduce_and_bench_reject_bad_names(tmp_path):
     assert set(RECIPE_PURPOSE) == set(RECIPES)  # every recipe says what it is for
     text = " ".join(listing.stdout.split())  # a long description wraps under itself, indented past the names
     for name in RECIPES:  # each recipe with the settings it changes, read from the recipe itself
-        assert f" {name} {RECIPE_PURPOSE[name]}: {recipe_settings(name)} " in f"{text} ", name
+        assert f" {name} {RECIPE_PURPOSE[name]}: {recipe_settings(name)} " in f" {text} ", name
     for name, preset in PRESETS.items():
         assert f" {name} {preset.description} " in f" {text} ", name
     assert all(line == line.rstrip() for line in listing.stdout.splitlines())

@@ -373,18 +373,18 @@ def test_usage_errors_are_one_line(tmp_path, args, fragments):
 
 
 def test_help_and_bare_groups_still_print_help():
+    kinds = ("model", "approximator", "schedule", "loss", "rounding", "timestep_sampler", "reverse_sampler")
     probe = (  # the built-in registry as a fresh process sees it (tests here register extra parts in this one)
         "import json; from diffrec.registry import load_builtin_parts, registry; load_builtin_parts();"
         "from diffrec.building import sequence_example_models;"
-        "print(json.dumps({**{k: registry(k).names() for k in ('model', 'approximator', 'schedule', 'loss', 'rounding',"
-        " 'timestep_sampler', 'reverse_sampler')}, 'sequence': sequence_example_models()}))"
+        f"print(json.dumps({{**{{k: registry(k).names() for k in {kinds!r}}}, 'sequence': sequence_example_models()}}))"
     )
     names = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True).stdout)
     wide = lambda *args: subprocess.run([*CMD, *args], capture_output=True, text=True, timeout=120, env=env(COLUMNS="400"))  # noqa: E731
     proc = wide("train", "--help")
     assert proc.returncode == 0 and "--out" in proc.stdout, proc.stderr
     proc.stdout = " ".join(proc.stdout.replace("│", " ").split())  # however the panel wraps
-    for kind in ("model", "approximator", "schedule", "loss", "rounding", "timestep_sampler", "reverse_sampler"):
+    for kind in kinds:
         assert "Choices: " + ", ".join(names[kind]) in proc.stdout, kind  # filled in from the registry
     assert "<choices of" not in proc.stdout and "<models taking" not in proc.stdout
     assert "SASRec's training; " + ", ".join(names["sequence"]) + "; DiffuRec trains on sequence examples with" in " ".join(proc.stdout.split())
