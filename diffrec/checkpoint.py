@@ -55,6 +55,8 @@ CHECKSUM = "diffrec.sha256"
 #: metadata key of ``last.safetensors`` holding the trainer state written with it (one atomic file:
 #: a process killed between two writes can never pair the weights of one epoch with the state of another)
 STATE_META = "diffrec.trainer_state"
+#: metadata key of ``model.safetensors`` holding the epoch whose weights it is
+BEST_EPOCH_META = "diffrec.epoch"
 
 try:
     import fcntl
@@ -130,6 +132,16 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: pathlib.Path, me
     meta = {**(metadata or {}), CHECKSUM: tensors_digest(tensors)}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+
+
+def read_metadata(path: pathlib.Path) -> dict[str, str]:
+    """The metadata of a safetensors file, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DiffrecError(f"{path}: not a readable safetensors file ({detail})") from None
 
 
 def load_tensors(path: pathlib.Path) -> dict[str, torch.Tensor]:

@@ -128,10 +128,34 @@ def check(run: ckpt.RunDir, config: RunConfig, data: SequenceData) -> tuple[Save
         raise DiffrecError(f"cannot resume: the new --lr-step/--lr-gamma would change the learning rate of the {done} epochs already run")
     if new.patience != old.patience and (new.patience < old.patience or state.get("stopped_early")):
         raise DiffrecError(f"cannot resume: --patience may only grow ({old.patience} -> {new.patience}), and only for a run that has not stopped early")
+    check_best(run, done, int(state.get("best_epoch", 0)))
     if run.dataset().get("fingerprint") != ckpt.data_fingerprint(data):
         raise DiffrecError(f"cannot resume: the data differs from the data of {run.path}")
     grows = any(getattr(new, k) != getattr(old, k) for k in ("epochs", "lr_step", "lr_gamma", "patience"))
     return checkpoint, grows
+
+
+def check_best(run: ckpt.RunDir, done: int, best_epoch: int) -> None:
+    """Refuse a run whose best weights are not those its checkpoint names (writing nothing).
+
+    ``model.safetensors`` records its epoch. It may be the checkpoint's best epoch, or the epoch
+    after the checkpoint (a kill between the two writes: the resumed epoch writes it again); a
+    best file from any other epoch, or none where a best epoch exists, means the run's files come
+    from different moments, such as an older ``last.safetensors`` restored from a copy.
+    """
+    best = run.file(ckpt.BEST)
+    if not best.is_file():
+        if best_epoch:
+            raise DiffrecError(f"cannot resume: {run.path} has no {ckpt.BEST}, the best weights (epoch {best_epoch}) that its {ckpt.LAST} names")
+        return
+    saved = ckpt.read_metadata(best).get(ckpt.BEST_EPOCH_META)
+    if saved is None:  # written before best files recorded their epoch
+        return
+    if int(saved) not in (best_epoch, done + 1):
+        raise DiffrecError(
+            f"cannot resume: {best} holds the weights of epoch {saved}, but {ckpt.LAST} (epoch {done}) names epoch {best_epoch} as the best; "
+            "the two files come from different moments: restore them as a pair"
+        )
 
 
 def restore(
@@ -165,14 +189,18 @@ def restore(
 
 def repair_log(run: ckpt.RunDir, epoch: int, record: dict[str, Any] | None) -> None:
     """Make ``metrics.jsonl`` end with the checkpoint's ``epoch`` again after a kill: drop a line
-    cut short while it was written, and add the checkpoint's own ``record`` if it never got there."""
+    cut short while it was written, and add the checkpoint's own ``record`` if it never got there.
+    Lines of epochs after the checkpoint's (an older ``last.safetensors`` restored from a copy) are
+    dropped too, since the resumed run trains those epochs again."""
     log_file = run.file(ckpt.EPOCHS)
     lines = [line for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() else []
     kept = []
     for line in lines:
         try:
-            json.loads(line)
+            entry = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("epoch", 0) > epoch:
             continue
         kept.append(line)
     last = json.loads(kept[-1]).get("epoch", 0) if kept else 0

@@ -319,7 +319,7 @@ class Trainer:
                     self.state.best_valid = valid
                     self.state.bad_evals = 0
                     if self.world.main:
-                        ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST))
+                        ckpt.atomic_save_tensors(ckpt.model_tensors(self.model), self.run.file(ckpt.BEST), metadata={ckpt.BEST_EPOCH_META: str(epoch + 1)})
                 else:
                     self.state.bad_evals += 1
                     if self.state.bad_evals >= t.patience:

@@ -295,3 +295,50 @@ def test_a_kill_between_the_checkpoints_writes_resumes_exactly(tmp_path, small_d
     assert [r["epoch"] for r in records] == [1, 2, 3]
     expected = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [(r["loss"], r.get("valid")) for r in records] == [(r["loss"], r.get("valid")) for r in expected]
+
+
+def test_a_run_rolled_back_to_an_older_checkpoint_resumes_from_it(tmp_path, small_data):
+    """A ``last.safetensors`` restored from an older copy (taken while the run trained) resumes
+    from its own epoch: the log's later epochs are dropped and trained again, as a straight run."""
+    want = Trainer(tiny_config(epochs=4), small_data, tmp_path / "straight", show_progress=False).fit()
+    run = tmp_path / "run"
+    copies = {}
+
+    def stop_at_three(record):
+        if record["epoch"] == 2:
+            copies.update({name: (run / name).read_bytes() for name in (ckpt.LAST, ckpt.BEST)})
+        if record["epoch"] == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        Trainer(tiny_config(epochs=4), small_data, run, show_progress=False, on_epoch=stop_at_three).fit()
+    for name, raw in copies.items():  # the copy of epoch 2 comes back; the log still has epoch 3
+        (run / name).write_bytes(raw)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    got = Trainer(tiny_config(epochs=4), small_data, run, show_progress=False).fit(resume=True)
+    assert got["test"] == want["test"] and got["valid"] == want["valid"]
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("best", ["later", "missing"])
+def test_a_best_file_from_another_moment_is_refused_before_anything_is_written(tmp_path, small_data, best):
+    run = tmp_path / "run"
+    Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit()
+    edit_saved_state(run, epoch=1, best_epoch=1)  # as if last.safetensors were an old copy
+    (run / "metrics.json").unlink()
+    if best == "later":  # model.safetensors of epoch 3, two epochs past the checkpoint
+        tensors, meta = ckpt.load_tensors_and_metadata(run / ckpt.BEST)
+        assert meta[ckpt.BEST_EPOCH_META] in ("2", "3")
+        ckpt.atomic_save_tensors(tensors, run / ckpt.BEST, metadata={ckpt.BEST_EPOCH_META: "3"})
+        match = r"holds the weights of epoch 3, but last.safetensors \(epoch 1\) names epoch 1 as the best"
+    else:
+        (run / ckpt.BEST).unlink()
+        match = r"has no model.safetensors, the best weights \(epoch 1\)"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(DiffrecError, match=match):
+        Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit(resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    if best == "later":  # the epoch after the checkpoint's is allowed: a kill between the two writes
+        ckpt.atomic_save_tensors(ckpt.load_tensors(run / ckpt.BEST), run / ckpt.BEST, metadata={ckpt.BEST_EPOCH_META: "2"})
+        assert Trainer(tiny_config(epochs=3), small_data, run, show_progress=False).fit(resume=True)["epochs_run"] == 3
