@@ -217,3 +217,19 @@ def test_learns_the_planted_structure_from_sequence_examples(tmp_path):
     final = Trainer(config, data, tmp_path / "fit", show_progress=False).fit()
     popularity = 100 * popularity_hr_at_k(data, 10)
     assert final["test"]["HR@10"] > popularity + 20, (final["test"], popularity)
+
+
+@pytest.mark.parametrize("output_dropout", [True, False])
+def test_output_dropout_reaches_x0_hat_only_when_on(output_dropout):
+    """``output_dropout = false`` scores x0_hat undropped, as SASRec and BSARec score their final
+    states; the approximator keeps its own dropout either way."""
+    settings = {"approximator": "bsarec_causal", "injection": "own_position", "output_dropout": output_dropout}
+    config = ModelConfig(model="diffurec", hidden_size=D, num_blocks=1, num_heads=1, max_len=10, dropout=0.5, settings=settings)
+    torch.manual_seed(0)
+    net = build_model(RunConfig(model=config), N).train()
+    before_norm = []
+    net.out_norm.register_forward_pre_hook(lambda module, args: before_norm.append(args[0].detach()))
+    net.calculate_loss(sequence_batch()).backward()
+    zeros = float((before_norm[0] == 0).float().mean())
+    assert (0.3 < zeros < 0.7) if output_dropout else zeros == 0.0
+    assert net.approximator.drop.p == 0.5

@@ -67,6 +67,9 @@ class DiffuRecSettings(DiffusionSettings):
     dropout_rng: DropoutRNG = setting(
         "torch", "dropout masks from torch's generator (the reference) or a counter-based hash (same Bernoulli masks, cheaper)"
     )
+    output_dropout: bool = setting(
+        True, "dropout at the approximator's rate on x0_hat before its LayerNorm (the public code); false: none, as SASRec and BSARec score their final states"
+    )
     injection: Literal["all", "own_position"] = setting(
         "all", "all: x_t into every history position (Eq. 13); own_position: each position its own next item noised (causal approximators; trains on sequence examples)"
     )
@@ -97,7 +100,7 @@ class DiffuRec(DiffusionRecommender):
         self.emb_norm = nn.LayerNorm(d, eps=1e-12)
         self.step_mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d))
         self.approximator = registry("approximator").build(s.approximator, config=config, dropout_rng=s.dropout_rng)
-        self.out_dropout = Dropout(config.dropout, s.dropout_rng)
+        self.out_dropout = Dropout(config.dropout if s.output_dropout else 0.0, s.dropout_rng)
         self.out_norm = nn.LayerNorm(d, eps=1e-12)
         if s.injection == "own_position" and not self.approximator.causal:
             causal = [name for name in registry("approximator").names() if getattr(registry("approximator").get(name), "causal", False) is True]
