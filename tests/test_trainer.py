@@ -47,14 +47,14 @@ def _approximators() -> list[str]:
 @pytest.mark.parametrize("approximator", _approximators())
 def test_learns_the_planted_structure(approximator, tmp_path):
     """DiffuRec on the synthetic data, with every registered approximator, beats popularity by a wide margin within a few epochs."""
-    data = make_synthetic(num_users=1500, num_items=300, seed=0)
-    epochs = 6 if approximator == "transformer" else 3  # the default at full length; the others learn as fast
-    config = tiny_config(epochs=epochs, eval_every=3, batch_size=256)
+    data = make_synthetic(num_users=500, num_items=300, seed=0)
+    epochs = 4 if approximator == "transformer" else 3  # every approximator is 50+ HR@10 points above popularity by then
+    config = tiny_config(epochs=epochs, eval_every=epochs, batch_size=256)
     config.model = ModelConfig(hidden_size=64, num_blocks=2, num_heads=2, max_len=20, emb_init_std=0.05, approximator=approximator)
     final = Trainer(config, data, tmp_path / "run", show_progress=False).fit()
     popularity = 100 * popularity_hr_at_k(data, 10)
-    assert final["test"]["HR@10"] > popularity + 20, (final["test"], popularity)
-    assert final["test"]["NDCG@10"] > 10
+    assert final["test"]["HR@10"] > popularity + 30, (final["test"], popularity)
+    assert final["test"]["NDCG@10"] > 15
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in lines]
     assert len(losses) == epochs and losses[-1] < losses[0]
